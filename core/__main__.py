@@ -1,0 +1,180 @@
+"""Command line: `python -m core demo-data|run|runs ...`.
+
+stdout carries only the result a script wants (a run id, a path, a table); progress bars,
+notices and errors go to stderr. Exit codes: 0 success, 2 a problem the user can fix (one
+line saying what to do), 1 an internal error, 130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from core import CxrError
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="cxr-transfer: k-fold transfer learning on chest radiographs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo-data", help="write the synthetic chest-radiograph demo data set")
+    demo.add_argument("--out", required=True, type=Path, help="folder to write (created; a previous demo set there is replaced)")
+    demo.add_argument("--n-per-class", type=int, default=200, help="images per class (default 200)")
+    demo.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images")
+
+    run = sub.add_parser("run", help="cross-validate one configuration and store it")
+    run.add_argument("--preset", default="quick", help="paper (the study's protocol) or quick (a 2-core CPU demo); default quick")
+    run.add_argument("--data", required=True, help="demo folder, folder of class sub-folders, or CSV manifest")
+    run.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE", help="override a setting (repeatable); see --list-settings")
+    _common(run)
+    run.add_argument("--name", default="", help="a human name for the run")
+    run.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default: the preset's, auto)")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
+    runs = sub.add_parser("runs", help="list the runs in the store")
+    _common(runs)
+
+    settings = sub.add_parser("settings", help="list every setting with its preset value and help")
+    settings.add_argument("--preset", default="paper")
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs-dir", type=Path, default=None, help="where runs.duckdb and artifacts live (default $CXR_RUNS_DIR or runs/)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        return {"demo-data": cmd_demo_data, "run": cmd_run, "runs": cmd_runs, "settings": cmd_settings}[args.command](args)
+    except CxrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled: finished folds are kept in the store", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback when asked for
+        if os.environ.get("CXR_DEBUG"):
+            raise
+        print(f"error: internal error ({type(exc).__name__}: {exc}); rerun with CXR_DEBUG=1 for the traceback", file=sys.stderr)
+        return 1
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from core.data.phantom import make_demo_dataset
+
+    with _bar(total=2 * args.n_per_class, desc="demo images", disable=False) as bar:
+        try:
+            manifest = make_demo_dataset(args.out, n_per_class=args.n_per_class, size=args.size, seed=args.seed,
+                                         progress=lambda done, total: bar.update(done - bar.n))
+        except ValueError as exc:
+            raise CxrError(str(exc)) from None
+    print(f"wrote {2 * args.n_per_class} SYNTHETIC images (not real radiographs) to {args.out}", file=sys.stderr)
+    print(manifest.parent)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from core.config import apply_overrides, preset
+    from core.engine import run_cross_validation
+    from core.store import Store, default_runs_dir
+
+    cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
+    store = Store(args.runs_dir or default_runs_dir())
+    reporter = ProgressReporter(disable=args.no_progress)
+    try:
+        result = run_cross_validation(cfg, store=store, preset=args.preset, name=args.name, progress=reporter)
+    finally:
+        reporter.close()
+    m = result.metrics
+    print(
+        f"pooled out-of-fold: AUC {m['auc']:.4f}, accuracy {m['accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, "
+        f"specificity {m['specificity']:.3f}; mean per-fold AUC {result.auc_mean_folds:.4f}; weights: {result.weights_used}",
+        file=sys.stderr,
+    )
+    print(result.run_id)
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from core.store import Store, default_runs_dir
+
+    runs = Store(args.runs_dir or default_runs_dir()).list_runs()
+    if runs.empty:
+        print("no runs yet; start one with: python -m core run --preset quick --data PATH", file=sys.stderr)
+        return 0
+    cols = ["run_id", "status", "preset", "n_images", "folds", "auc", "accuracy", "sensitivity", "specificity", "train_seconds", "weights_used"]
+    print(runs[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from core.config import field_help, preset
+
+    values = asdict(preset(args.preset))
+    for name, help_text in field_help().items():
+        print(f"{name} = {values[name]!r}\n    {help_text}")
+    return 0
+
+
+def _bar(**kw):
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+class ProgressReporter:
+    """Turns engine events into tqdm bars (decoding, then one bar per fold) and one log line per fold."""
+
+    def __init__(self, *, disable: bool) -> None:
+        self.disable = disable
+        self.bar = None
+        self.loss = None
+
+    def __call__(self, event: dict) -> None:
+        kind = event["event"]
+        if kind == "loading":
+            if self.bar is None:
+                self.bar = _bar(total=event["total"], desc="decoding", disable=self.disable, unit="img")
+            self.bar.update(event["done"] - self.bar.n)
+            if event["done"] == event["total"]:
+                self.close()
+        elif kind == "run_start":
+            w = event["weights"]
+            notes = [f"run {event['run_id']}: {event['n_images']} images ({event['n_excluded']} excluded), {event['folds']} folds on {event['device']}"]
+            if event["synthetic"]:
+                notes.append("data: SYNTHETIC demo phantom images, not real radiographs")
+            notes.append(f"weights: {w.used}" + (f" - {w.message}" if w.message else ""))
+            for line in notes:
+                logging.getLogger("core").info(line)
+        elif kind == "fold_start":
+            self.close()
+            self.loss = None
+            self.bar = _bar(total=event["iterations"], desc=f"fold {event['fold'] + 1}/{event['folds']}", disable=self.disable, unit="it")
+        elif kind == "iteration" and event["phase"] == "train" and self.bar is not None:
+            self.loss = event["loss"] if self.loss is None else 0.9 * self.loss + 0.1 * event["loss"]
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.loss:.3f}", refresh=False)
+        elif kind == "fold_end":
+            self.close()
+            m = event["metrics"]
+            logging.getLogger("core").info(
+                f"fold {event['fold'] + 1}: AUC {m['auc']:.3f} accuracy {m['accuracy']:.3f} "
+                f"sensitivity {m['sensitivity']:.3f} specificity {m['specificity']:.3f} ({event['train_seconds']:.1f} s training)"
+            )
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""RunConfig: the one typed, validated object that travels from the CLI or UI to the engine and into the store.
+
+Presets are plain dicts of overrides on top of the defaults, so `paper` reads as a list of
+the study's values (../shared/PAPER.md) and any field can still be overridden with
+`--set field=value`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from core import CxrError
+
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "densenet121", "efficientnet_b0", "mobilenet_v3_small")
+OPTIMIZERS = ("sgdm", "adam")
+SOURCES = ("auto", "demo", "folders", "csv")
+DEVICES = ("auto", "cpu", "cuda")
+# weights: a name, or a path to a local state-dict file.
+NAMED_WEIGHTS = ("imagenet", "auto", "none")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its help text, so the CLI and the Train page show the same words."""
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every knob of one cross-validated run. Defaults are the study's values unless noted."""
+
+    # --- data -----------------------------------------------------------------------------
+    data: str = _f("", "Data set: a demo folder, a folder with one sub-folder per class, or a CSV manifest.")
+    source: str = _f("auto", "How to read `data`: auto, demo, folders or csv.", choices=SOURCES)
+    path_column: str = _f("path", "CSV manifests: column holding the image path (relative to the CSV).")
+    label_column: str = _f("label", "CSV manifests: column holding the class label.")
+    group_column: str = _f("", "CSV manifests: column holding the patient id ('' = none; demo data uses patient_id).")
+    positive_labels: str = _f(
+        "", "Label value(s), comma-separated, that count as the positive class; '' keeps the labels as they are."
+    )
+    image_size: int = _f(224, "Images are resized to this many pixels square (the study: 224 for ResNet-50).", min=16, max=1024)
+
+    # --- model ----------------------------------------------------------------------------
+    backbone: str = _f("resnet50", "ImageNet CNN to fine-tune.", choices=BACKBONES)
+    weights: str = _f(
+        "imagenet",
+        "imagenet (torchvision weights, cached by torch hub), auto (ImageNet if cached, else from scratch), "
+        "none (from scratch), or a path to a local state-dict file.",
+    )
+    head_lr_factor: float = _f(10.0, "The new final layer learns this many times faster (MATLAB WeightLearnRateFactor).", min=0.0)
+    freeze_backbone: bool = _f(False, "Train only the new final layer.")
+
+    # --- training -------------------------------------------------------------------------
+    optimizer: str = _f("sgdm", "sgdm (SGD with momentum, MATLAB's default) or adam.", choices=OPTIMIZERS)
+    learning_rate: float = _f(1e-4, "Initial (and constant) learning rate of the backbone.", min_exclusive=0.0)
+    momentum: float = _f(0.9, "SGD momentum (MATLAB default 0.9).", min=0.0, max=0.999)
+    weight_decay: float = _f(1e-4, "L2 regularisation (MATLAB default 1e-4).", min=0.0)
+    batch_size: int = _f(25, "Mini-batch size.", min=1)
+    max_iterations: int = _f(250, "Iteration budget per fold; 0 = no limit (then max_epochs ends training).", min=0)
+    max_epochs: int = _f(64, "Epoch limit per fold; the iteration budget usually ends training first.", min=1)
+    augment: bool = _f(True, "Random scaling, flips, crop and translation, each with probability aug_prob.")
+    aug_prob: float = _f(0.5, "Probability of each augmentation, drawn per image.", min=0.0, max=1.0)
+    aug_scale: float = _f(0.1, "Random scaling by a factor in [1-s, 1+s].", min=0.0, max=0.5)
+    aug_crop: float = _f(0.8, "Random crop keeps at least this fraction of the side, then resizes back.", min=0.3, max=1.0)
+    aug_translate: float = _f(0.1, "Random translation by up to this fraction of the side.", min=0.0, max=0.5)
+    eval_every: int = _f(50, "Evaluate the held-out fold every N iterations for the training curve (never used to select or stop).", min=1)
+
+    # --- protocol -------------------------------------------------------------------------
+    folds: int = _f(10, "Number of cross-validation folds.", min=2, max=50)
+    group_by_patient: bool = _f(True, "Keep every patient's images in one fold (whenever patient ids are known).")
+    seed: int = _f(0, "Seed for splits, initialisation, shuffling and augmentation.", min=0)
+    positive_class: str = _f("", "Class reported as positive (sensitivity); '' = the last class in sorted order.")
+
+    # --- execution ------------------------------------------------------------------------
+    device: str = _f("auto", "auto (CUDA when present), cpu or cuda.", choices=DEVICES)
+    num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default.", min=0)
+    save_models: bool = _f(False, "Save each fold's trained weights under runs/<run_id>/ (needed to predict later).")
+    eval_batch_size: int = _f(64, "Mini-batch size for held-out evaluation.", min=1)
+
+    def __post_init__(self) -> None:
+        errors = [e for f in fields(self) if (e := _check(f, getattr(self, f.name)))]
+        if self.weights not in NAMED_WEIGHTS and not self.weights.strip():
+            errors.append("weights must be imagenet, auto, none or a path to a weights file")
+        if errors:
+            raise CxrError("invalid configuration: " + "; ".join(errors))
+
+    # -- conversions -----------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CxrError(_unknown_message(unknown[0]))
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str) -> "RunConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+# Presets are overrides on top of the defaults (which already are the study's values).
+PRESETS: dict[str, dict[str, Any]] = {
+    # ../shared/PAPER.md: ResNet-50, ImageNet, 224 px, SGDM 0.9, L2 1e-4, lr 1e-4 constant,
+    # head factor 10, mini-batch 25, 250 iterations, 10 folds, augmentation p=0.5.
+    "paper": {},
+    # Sized for a 2-core laptop CPU: a small model at 64 px trains at ~150 images/s there
+    # (../shared/ARCHITECTURE.md), so 5 folds x 150 iterations x 32 images fit in ~3 minutes.
+    # From scratch needs a larger learning rate than fine-tuning; Adam is forgiving there.
+    "quick": {
+        "backbone": "resnet18",
+        "weights": "auto",
+        "image_size": 64,
+        "optimizer": "adam",
+        "learning_rate": 1e-3,
+        "head_lr_factor": 1.0,
+        "batch_size": 32,
+        "max_iterations": 150,
+        "folds": 5,
+        "eval_every": 25,
+    },
+}
+
+
+def preset(name: str) -> RunConfig:
+    """The named preset as a RunConfig; unknown names raise with the valid list."""
+    if name not in PRESETS:
+        raise CxrError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return RunConfig(**PRESETS[name])
+
+
+def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
+    """Apply `field=value` strings (from `--set`), parsing each value by the field's type."""
+    types = {f.name: f.type for f in fields(RunConfig)}
+    changes: dict[str, Any] = {}
+    for item in assignments:
+        name, sep, raw = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise CxrError(f"--set expects field=value, got {item!r} (e.g. --set max_iterations=250)")
+        if name not in types:
+            raise CxrError(_unknown_message(name))
+        changes[name] = _parse(name, types[name], raw.strip())
+    return cfg.replace(**changes)
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in fields(RunConfig)}
+
+
+def _parse(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name == "bool":
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if type_name == "int":
+            return int(raw)
+        if type_name == "float":
+            return float(raw)
+    except ValueError:
+        kind = {"bool": "true or false", "int": "a whole number", "float": "a number"}[type_name]
+        raise CxrError(f"{name} must be {kind}, got {raw!r}") from None
+    return raw
+
+
+def _check(f: dataclasses.Field, value: Any) -> str | None:
+    meta = f.metadata
+    expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
+    if not isinstance(value, expected) or (f.type != "bool" and isinstance(value, bool)):
+        return f"{f.name} must be of type {f.type}, got {value!r}"
+    if "choices" in meta and value not in meta["choices"]:
+        return f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}"
+    if "min" in meta and value < meta["min"]:
+        return f"{f.name} must be at least {meta['min']}, got {value!r}"
+    if "min_exclusive" in meta and value <= meta["min_exclusive"]:
+        return f"{f.name} must be greater than {meta['min_exclusive']}, got {value!r}"
+    if "max" in meta and value > meta["max"]:
+        return f"{f.name} must be at most {meta['max']}, got {value!r}"
+    return None
+
+
+def _unknown_message(name: str) -> str:
+    names = [f.name for f in fields(RunConfig)]
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown setting {name!r}.{hint} Valid settings: {', '.join(names)}"

@@ -1,0 +1,212 @@
+"""k-fold cross-validation of one RunConfig: prepare data, split, train and evaluate every fold, land it all in the store.
+
+Each fold is an independent job (config + split + fold index -> results), written to the
+store as soon as it ends, so a crash keeps every finished fold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+import torchvision
+
+from core import CxrError, __version__
+from core.config import RunConfig
+from core.data.prepare import PreparedData, cache_dir_for, prepare_data
+from core.data.splits import assign_folds
+from core.metrics import summarize
+from core.models import BACKBONES, build_model, get_module
+from core.store import IterationBuffer, Store, now
+from core.train import budget, train_fold
+
+log = logging.getLogger(__name__)
+
+# Progress events: {"event": "loading"|"run_start"|"fold_start"|"iteration"|"fold_end"|"run_end", ...}
+Progress = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class RunResult:
+    run_id: str
+    metrics: dict  # pooled out-of-fold metrics (the study's numbers are pooled)
+    auc_mean_folds: float
+    weights_used: str
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CxrError("device=cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def code_version() -> str:
+    """The git commit of this checkout when there is one (marked -dirty if edited), else the package version."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=5)
+        if sha.returncode == 0:
+            return f"{__version__}+{sha.stdout.strip()}{'-dirty' if dirty.stdout.strip() else ''}"
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return __version__
+
+
+def run_cross_validation(
+    cfg: RunConfig,
+    *,
+    store: Store,
+    preset: str = "",
+    name: str = "",
+    progress: Progress | None = None,
+    run_id: str | None = None,
+) -> RunResult:
+    """Run the whole k-fold protocol for `cfg` and store everything; returns the pooled result.
+
+    Raises:
+        CxrError: for anything the user can fix (data, weights, store); the run is then marked
+        failed in the store if it had been created.
+    """
+    emit = progress or (lambda event: None)
+    device = resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_id = run_id or new_run_id()
+
+    emit({"event": "stage", "text": "reading data set"})
+    data = prepare_data(cfg, cache_dir=cache_dir_for(store.runs_dir), progress=lambda d, t: emit({"event": "loading", "done": d, "total": t}))
+    # Build one model up front: a missing ImageNet file or a bad weights file stops the run before any training.
+    _, weights = build_model(cfg.backbone, len(data.classes), cfg.weights)
+    groups = data.groups if cfg.group_by_patient else None
+    fold_of = assign_folds(data.labels, groups, folds=cfg.folds, seed=cfg.seed)
+
+    store.save_dataset(data.dataset_id, source=data.manifest.source, root=data.manifest.root, synthetic=data.manifest.synthetic, table=data.manifest.table, classes=data.classes)
+    store.create_run(
+        run_id,
+        name=name or run_id,
+        preset=preset,
+        started_at=now(),
+        config=cfg.to_json(),
+        dataset_id=data.dataset_id,
+        synthetic=data.manifest.synthetic,
+        code_version=code_version(),
+        device=_device_name(device),
+        torch_version=torch.__version__,
+        torchvision_version=torchvision.__version__,
+        weights_used=weights.used,
+        weights_message=weights.message,
+        classes=json.dumps(data.classes),
+        positive_class=data.classes[data.positive],
+        n_images=len(data.labels),
+        folds=cfg.folds,
+        grouped=groups is not None,
+        pid=os.getpid(),
+    )
+    store.save_splits(run_id, data.image_ids, fold_of.tolist())
+    emit({"event": "run_start", "run_id": run_id, "folds": cfg.folds, "weights": weights, "n_images": len(data.labels),
+          "n_excluded": int((data.manifest.table["excluded_reason"] != "").sum()), "device": str(device), "synthetic": data.manifest.synthetic})
+
+    run_start = time.perf_counter()
+    try:
+        train_seconds = 0.0
+        for fold in range(cfg.folds):
+            train_seconds += _run_fold(cfg, data, fold_of, fold, run_id=run_id, store=store, device=device, emit=emit)
+        result = _finish(cfg, data, run_id, store, train_seconds=train_seconds, total_seconds=time.perf_counter() - run_start, weights_used=weights.used)
+    except KeyboardInterrupt:
+        store.update_run(run_id, status="cancelled", finished_at=now(), error="cancelled by the user")
+        raise
+    except Exception as exc:
+        store.update_run(run_id, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
+        raise
+    emit({"event": "run_end", "run_id": run_id, "metrics": result.metrics, "auc_mean_folds": result.auc_mean_folds})
+    return result
+
+
+def _run_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int, *, run_id: str, store: Store, device: torch.device, emit: Progress) -> float:
+    """Train and evaluate one fold, then write its metrics, curve and predictions in one go."""
+    train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+    pixels = torch.from_numpy(data.pixels)
+    labels = torch.from_numpy(data.labels)
+    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, fold, 0]).generate_state(1)[0]))  # the new head's init
+    model, _ = build_model(cfg.backbone, len(data.classes), cfg.weights)
+    head = get_module(model, BACKBONES[cfg.backbone].head)
+    buffer = IterationBuffer(store)
+    started = now()
+    emit({"event": "fold_start", "fold": fold, "folds": cfg.folds, "n_train": len(train_idx), "n_test": len(test_idx),
+          "iterations": budget(cfg, len(train_idx))[0]})
+
+    def on_iteration(row: dict) -> None:
+        buffer.add({"run_id": run_id, "fold": fold, **row})
+        emit({"event": "iteration", "fold": fold, **row})
+
+    outcome = train_fold(
+        cfg, model, head,
+        x_train=pixels[train_idx], y_train=labels[train_idx],
+        x_test=pixels[test_idx], y_test=labels[test_idx],
+        fold=fold, device=device, on_iteration=on_iteration,
+    )
+    buffer.flush(force=True)
+    probs = outcome.test_probs
+    y_test = data.labels[test_idx]
+    m = summarize(y_test, probs, positive=data.positive)
+    predictions = pd.DataFrame({
+        "image_id": [data.image_ids[i] for i in test_idx],
+        "fold": fold,
+        "label_index": y_test,
+        "pred_index": probs.argmax(1),
+        "prob_positive": probs[:, data.positive],
+        "probs": [row.tolist() for row in probs],
+    })
+    if cfg.save_models:
+        target = store.run_dir(run_id) / f"fold_{fold}.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(outcome.model.state_dict(), target)
+    store.save_fold(run_id, {
+        "fold": fold, "status": "finished", "n_train": len(train_idx), "n_test": len(test_idx),
+        "iterations": outcome.iterations, "epochs": outcome.epochs, "train_seconds": outcome.train_seconds,
+        "eval_seconds": outcome.eval_seconds, "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
+        "specificity": m["specificity"], "auc": m["auc"], "confusion": json.dumps(m["confusion"]),
+        "started_at": started, "finished_at": now(),
+    }, predictions)
+    emit({"event": "fold_end", "fold": fold, "metrics": m, "train_seconds": outcome.train_seconds})
+    return outcome.train_seconds
+
+
+def _finish(cfg: RunConfig, data: PreparedData, run_id: str, store: Store, *, train_seconds: float, total_seconds: float, weights_used: str) -> RunResult:
+    """Pooled out-of-fold metrics from the stored predictions (so they match what the pages read)."""
+    preds = store.predictions(run_id)
+    if len(preds) != len(data.labels) or preds["image_id"].duplicated().any():
+        raise CxrError(f"run {run_id}: stored {len(preds)} out-of-fold predictions for {len(data.labels)} images")
+    probs = np.array(preds["probs"].tolist())
+    pooled = summarize(preds["label_index"].to_numpy(), probs, positive=data.positive)
+    fold_aucs = store.folds(run_id)["auc"].to_numpy(dtype=float)
+    auc_mean = float(np.nanmean(fold_aucs)) if np.isfinite(fold_aucs).any() else float("nan")
+    store.update_run(
+        run_id, status="finished", finished_at=now(), train_seconds=train_seconds, total_seconds=total_seconds,
+        accuracy=pooled["accuracy"], sensitivity=pooled["sensitivity"], specificity=pooled["specificity"],
+        auc=pooled["auc"], auc_mean_folds=auc_mean, metrics=json.dumps(pooled),
+    )
+    return RunResult(run_id, pooled, auc_mean, weights_used)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu ({torch.get_num_threads()} threads)"

@@ -1,0 +1,266 @@
+"""The DuckDB store at `<runs-dir>/runs.duckdb`: schema, migrations and every SQL statement of the project.
+
+Concurrency (../shared/ARCHITECTURE.md): a DuckDB file opened read-write by one process
+cannot be opened at all by another. So nobody holds a connection: every read and every
+write opens, works in one short transaction, and closes; a lock conflict is retried with
+back-off. Writers batch their rows (IterationBuffer) so a run opens the file every couple of
+seconds, not every iteration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+import pandas as pd
+
+from core import CxrError
+
+SCHEMA_VERSION = 1
+DB_NAME = "runs.duckdb"
+RUNS_DIR_ENV = "CXR_RUNS_DIR"
+
+_SCHEMA_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS datasets (
+    dataset_id VARCHAR PRIMARY KEY, source VARCHAR, root VARCHAR, synthetic BOOLEAN,
+    n_images INTEGER, n_excluded INTEGER, classes VARCHAR, created_at TIMESTAMP);
+CREATE TABLE IF NOT EXISTS images (
+    dataset_id VARCHAR, image_id VARCHAR, path VARCHAR, label VARCHAR, group_id VARCHAR, view VARCHAR,
+    mask_path VARCHAR, excluded_reason VARCHAR, content_hash VARCHAR, PRIMARY KEY (dataset_id, image_id));
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, name VARCHAR, sweep_id VARCHAR, preset VARCHAR, status VARCHAR,
+    created_at TIMESTAMP, started_at TIMESTAMP, finished_at TIMESTAMP, config VARCHAR, dataset_id VARCHAR,
+    synthetic BOOLEAN, code_version VARCHAR, device VARCHAR, torch_version VARCHAR, torchvision_version VARCHAR,
+    weights_used VARCHAR, weights_message VARCHAR, classes VARCHAR, positive_class VARCHAR, n_images INTEGER,
+    folds INTEGER, grouped BOOLEAN, train_seconds DOUBLE, total_seconds DOUBLE,
+    accuracy DOUBLE, sensitivity DOUBLE, specificity DOUBLE, auc DOUBLE, auc_mean_folds DOUBLE,
+    metrics VARCHAR, error VARCHAR, notes VARCHAR, tags VARCHAR, pid INTEGER);
+CREATE TABLE IF NOT EXISTS splits (run_id VARCHAR, image_id VARCHAR, fold INTEGER, PRIMARY KEY (run_id, image_id));
+CREATE TABLE IF NOT EXISTS folds (
+    run_id VARCHAR, fold INTEGER, status VARCHAR, n_train INTEGER, n_test INTEGER, iterations INTEGER,
+    epochs DOUBLE, train_seconds DOUBLE, eval_seconds DOUBLE, accuracy DOUBLE, sensitivity DOUBLE,
+    specificity DOUBLE, auc DOUBLE, confusion VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP,
+    PRIMARY KEY (run_id, fold));
+CREATE TABLE IF NOT EXISTS iterations (
+    run_id VARCHAR, fold INTEGER, phase VARCHAR, iteration INTEGER, epoch INTEGER, loss DOUBLE,
+    accuracy DOUBLE, lr DOUBLE, elapsed_s DOUBLE, PRIMARY KEY (run_id, fold, phase, iteration));
+CREATE TABLE IF NOT EXISTS predictions (
+    run_id VARCHAR, image_id VARCHAR, fold INTEGER, label_index INTEGER, pred_index INTEGER,
+    prob_positive DOUBLE, probs DOUBLE[], PRIMARY KEY (run_id, image_id));
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}  # version -> SQL that brings version-1 up to it
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get(RUNS_DIR_ENV) or "runs")
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+@dataclass
+class Store:
+    """Short-lived connections to one runs folder's DuckDB file."""
+
+    runs_dir: Path
+    lock_timeout_s: float = 15.0
+    _schema_ready: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.runs_dir = Path(self.runs_dir)
+
+    @property
+    def path(self) -> Path:
+        return self.runs_dir / DB_NAME
+
+    def run_dir(self, run_id: str) -> Path:
+        return self.runs_dir / run_id
+
+    # -- connections ---------------------------------------------------------------------
+    @contextmanager
+    def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Open, yield, close; retry while another process holds the file's lock."""
+        if not read_only:
+            self._prepare_dir()
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.02
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise CxrError(f"cannot open the run store {self.path}: {exc}") from None
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.5)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with self.connect() as con:
+            if not self._schema_ready:
+                _migrate(con)
+                self._schema_ready = True
+            con.begin()
+            try:
+                yield con
+                con.commit()
+            except BaseException:
+                con.rollback()
+                raise
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """A read-only query; an absent store reads as empty (no runs yet)."""
+        if not self.path.exists():
+            return pd.DataFrame()
+        with self.connect(read_only=True) as con:
+            try:
+                return con.execute(sql, params or []).df()
+            except duckdb.CatalogException:
+                return pd.DataFrame()  # a store created by a writer that has not made its tables yet
+
+    def _prepare_dir(self) -> None:
+        try:
+            self.runs_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CxrError(f"cannot create runs folder {self.runs_dir}: {exc.strerror}; choose another with --runs-dir") from None
+        if not os.access(self.runs_dir, os.W_OK):
+            raise CxrError(f"runs folder {self.runs_dir} is not writable; choose another with --runs-dir or ${RUNS_DIR_ENV}")
+
+    # -- writes --------------------------------------------------------------------------
+    def save_dataset(self, dataset_id: str, *, source: str, root: str, synthetic: bool, table: pd.DataFrame, classes: list[str]) -> None:
+        images = table.rename(columns={"group": "group_id"}).assign(dataset_id=dataset_id)
+        with self.transaction() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [dataset_id, source, root, synthetic, len(table), int((table["excluded_reason"] != "").sum()), json.dumps(classes), now()],
+            )
+            con.register("new_images", images)
+            con.execute(
+                "INSERT OR REPLACE INTO images SELECT dataset_id, image_id, path, label, group_id, view, mask_path, "
+                "excluded_reason, content_hash FROM new_images"
+            )
+            con.unregister("new_images")
+
+    def create_run(self, run_id: str, **fields_: Any) -> None:
+        row = {"run_id": run_id, "status": "running", "created_at": now(), **fields_}
+        cols = ", ".join(row)
+        with self.transaction() as con:
+            con.execute(f"INSERT INTO runs ({cols}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+
+    def update_run(self, run_id: str, **fields_: Any) -> None:
+        sets = ", ".join(f"{k} = ?" for k in fields_)
+        with self.transaction() as con:
+            con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*fields_.values(), run_id])
+
+    def save_splits(self, run_id: str, image_ids: list[str], folds: list[int]) -> None:
+        df = pd.DataFrame({"run_id": run_id, "image_id": image_ids, "fold": folds})
+        with self.transaction() as con:
+            con.register("new_splits", df)
+            con.execute("INSERT OR REPLACE INTO splits SELECT run_id, image_id, fold FROM new_splits")
+            con.unregister("new_splits")
+
+    def save_iterations(self, rows: list[dict]) -> None:
+        if not rows:
+            return
+        df = pd.DataFrame(rows, columns=["run_id", "fold", "phase", "iteration", "epoch", "loss", "accuracy", "lr", "elapsed_s"])
+        with self.transaction() as con:
+            con.register("new_iters", df)
+            con.execute("INSERT OR REPLACE INTO iterations SELECT * FROM new_iters")
+            con.unregister("new_iters")
+
+    def save_fold(self, run_id: str, fold: dict, predictions: pd.DataFrame) -> None:
+        """One fold's metrics and out-of-fold predictions in one transaction: both or neither."""
+        preds = predictions.assign(run_id=run_id)
+        row = {"run_id": run_id, **fold}
+        with self.transaction() as con:
+            con.execute(
+                f"INSERT OR REPLACE INTO folds ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
+            )
+            con.register("new_preds", preds)
+            con.execute(
+                "INSERT OR REPLACE INTO predictions SELECT run_id, image_id, fold, label_index, pred_index, "
+                "prob_positive, probs::DOUBLE[] FROM new_preds"
+            )
+            con.unregister("new_preds")
+
+    # -- reads ---------------------------------------------------------------------------
+    def list_runs(self) -> pd.DataFrame:
+        return self.query(
+            "SELECT run_id, name, status, preset, created_at, dataset_id, synthetic, device, weights_used, n_images, folds, "
+            "accuracy, sensitivity, specificity, auc, auc_mean_folds, train_seconds, total_seconds "
+            "FROM runs ORDER BY created_at DESC"
+        )
+
+    def run(self, run_id: str) -> dict:
+        df = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if df.empty:
+            raise CxrError(f"no run {run_id!r} in {self.path}")
+        return df.iloc[0].to_dict()
+
+    def folds(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM folds WHERE run_id = ? ORDER BY fold", [run_id])
+
+    def predictions(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM predictions WHERE run_id = ? ORDER BY fold, image_id", [run_id])
+
+    def iterations(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM iterations WHERE run_id = ? ORDER BY fold, phase, iteration", [run_id])
+
+    def splits(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM splits WHERE run_id = ? ORDER BY image_id", [run_id])
+
+    def images(self, dataset_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM images WHERE dataset_id = ? ORDER BY image_id", [dataset_id])
+
+    def schema_version(self) -> int:
+        df = self.query("SELECT value FROM meta WHERE key = 'schema_version'")
+        return int(df.iloc[0, 0]) if not df.empty else 0
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Bring a store forward to SCHEMA_VERSION, one migration at a time, each in its own transaction."""
+    con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    current = int(row[0]) if row else 0
+    if current > SCHEMA_VERSION:
+        raise CxrError(f"the run store was written by a newer cxr-transfer (schema {current} > {SCHEMA_VERSION}); upgrade")
+    for version in range(current + 1, SCHEMA_VERSION + 1):
+        con.begin()
+        con.execute(MIGRATIONS[version])
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
+        con.commit()
+
+
+class IterationBuffer:
+    """Collects curve rows and writes them at most every `interval_s` seconds (and on flush(force=True))."""
+
+    def __init__(self, store: Store, interval_s: float = 2.0) -> None:
+        self.store, self.interval_s = store, interval_s
+        self.rows: list[dict] = []
+        self._last = time.monotonic()
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if time.monotonic() - self._last >= self.interval_s:
+            self.flush(force=True)
+
+    def flush(self, *, force: bool = False) -> None:
+        if self.rows and (force or time.monotonic() - self._last >= self.interval_s):
+            self.store.save_iterations(self.rows)
+            self.rows = []
+        self._last = time.monotonic()
