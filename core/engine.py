@@ -95,7 +95,7 @@ def run_cross_validation(
     # Build one model up front: a missing ImageNet file or a bad weights file stops the run before any training.
     _, weights = build_model(cfg.backbone, len(data.classes), cfg.weights)
     groups = data.groups if cfg.group_by_patient else None
-    fold_of = assign_folds(data.labels, groups, folds=cfg.folds, seed=cfg.seed)
+    fold_of = assign_folds(data.labels, groups, folds=cfg.folds, seed=cfg.seed, class_names=data.classes)
 
     store.save_dataset(data.dataset_id, source=data.manifest.source, root=data.manifest.root, synthetic=data.manifest.synthetic, table=data.manifest.table, classes=data.classes)
     store.create_run(

@@ -6,7 +6,9 @@ Weights never come from a pickle: torchvision's cache and local files are read w
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -116,8 +118,10 @@ def _load_imagenet(model: nn.Module, name: str, *, requested: str) -> WeightsRep
     enum = tvm.get_model_weights(name).DEFAULT
     target = imagenet_cache_file(name)
     try:
-        # Loads from torch hub's cache when present, else tries to download into it.
-        state = torch.hub.load_state_dict_from_url(enum.url, progress=False, check_hash=True, weights_only=True)
+        # Loads from torch hub's cache when present, else tries to download into it. torch hub
+        # announces downloads on stdout, which the CLI keeps for results: send that to stderr.
+        with contextlib.redirect_stdout(sys.stderr):
+            state = torch.hub.load_state_dict_from_url(enum.url, progress=False, check_hash=True, weights_only=True)
     except Exception as exc:  # no network (URLError), a damaged file (RuntimeError), a full disk (OSError)
         raise CxrError(
             f"ImageNet weights for {name} are not available offline ({type(exc).__name__}: {exc}). "
@@ -154,7 +158,7 @@ def _load_file(model: nn.Module, path: Path, spec: Backbone) -> WeightsReport:
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.startswith(head_prefix)]
     unexpected = list(result.unexpected_keys)
-    matched = len(own) - len(result.missing_keys)
+    matched = len(set(state) & set(own))
     if matched == 0:
         raise CxrError(f"no key of weights file {path} matches this backbone (e.g. {next(iter(state), '?')}); wrong architecture?")
     message = f"loaded {matched} tensors from {path}"

@@ -12,7 +12,9 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from core import CxrError
 
 
-def assign_folds(labels: np.ndarray, groups: np.ndarray | None, *, folds: int, seed: int) -> np.ndarray:
+def assign_folds(
+    labels: np.ndarray, groups: np.ndarray | None, *, folds: int, seed: int, class_names: list[str] | None = None
+) -> np.ndarray:
     """Fold index (0..folds-1) for every image; each image is in exactly one held-out fold.
 
     Args:
@@ -20,6 +22,7 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray | None, *, folds: int, s
         groups: (N,) patient ids, or None when unknown (then images are split independently).
         folds: number of folds k.
         seed: makes the assignment reproducible; the same inputs and seed give the same folds.
+        class_names: for error messages.
 
     Raises:
         CxrError: when a class has fewer images (or patients) than folds, or only one class exists.
@@ -35,8 +38,9 @@ def assign_folds(labels: np.ndarray, groups: np.ndarray | None, *, folds: int, s
         counts = np.array([len(np.unique(groups[labels == c])) for c in classes])
     if counts.min() < folds:
         worst = int(classes[counts.argmin()])
+        name = repr(class_names[worst]) if class_names else f"#{worst}"
         raise CxrError(
-            f"class #{worst} has only {counts.min()} {unit} but {folds} folds were asked for; "
+            f"class {name} has only {counts.min()} {unit} but {folds} folds were asked for; "
             f"use --set folds={max(2, int(counts.min()))} or add data"
         )
     fold_of = np.full(len(labels), -1, dtype=np.int64)

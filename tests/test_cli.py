@@ -1,0 +1,70 @@
+"""The command line as a user runs it: a run id on stdout, one-line reasons and non-zero codes on failure."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.store import Store
+
+from conftest import blob_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+TINY = ["--set", "image_size=32", "--set", "max_iterations=2", "--set", "folds=2", "--set", "batch_size=8", "--no-progress"]
+
+
+def test_run_prints_the_run_id_and_stores_it(tmp_path):
+    data = blob_dataset(tmp_path / "d", n_per_class=6)
+    done = cli("run", "--preset", "quick", "--data", str(data), "--runs-dir", str(tmp_path / "runs"), *TINY, env={"TORCH_HOME": str(tmp_path / "th")})
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip()
+    assert Store(tmp_path / "runs").run(run_id)["status"] == "finished"
+    # quick works offline: it says it trains from scratch because ImageNet weights are not cached
+    assert "not cached" in done.stderr and "from scratch" in done.stderr
+
+
+def test_runs_dir_can_come_from_the_environment(tmp_path):
+    data = blob_dataset(tmp_path / "d", n_per_class=6)
+    done = cli("run", "--data", str(data), *TINY, env={"CXR_RUNS_DIR": str(tmp_path / "envruns"), "TORCH_HOME": str(tmp_path / "th")})
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "envruns" / "runs.duckdb").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "learning_rate=-1"], "learning_rate must be greater than 0"),
+        (["--set", "nonsense=1"], "unknown setting 'nonsense'"),
+        (["--preset", "paper", "--set", "folds=2"], "ImageNet weights for resnet50 are not available offline"),
+    ],
+)
+def test_failures_exit_non_zero_with_one_line(tmp_path, args, message, monkeypatch):
+    data = blob_dataset(tmp_path / "d", n_per_class=4)
+    # An unroutable proxy makes any download attempt fail fast, whatever network this machine has.
+    env = {"TORCH_HOME": str(tmp_path / "th"), "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    done = cli("run", "--data", str(data), "--runs-dir", str(tmp_path / "runs"), "--no-progress", *args, env=env)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_missing_data_is_reported(tmp_path):
+    done = cli("run", "--data", str(tmp_path / "nope"), "--runs-dir", str(tmp_path / "runs"))
+    assert done.returncode == 2 and "does not exist" in done.stderr
+
+
+def test_settings_lists_every_field_with_help():
+    done = cli("settings", "--preset", "paper")
+    assert done.returncode == 0 and "head_lr_factor = 10.0" in done.stdout and "WeightLearnRateFactor" in done.stdout

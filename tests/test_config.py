@@ -1,0 +1,64 @@
+"""RunConfig: the paper preset is the study, overrides are typed and validated, errors say how to fix them."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import CxrError
+from core.config import PRESETS, RunConfig, apply_overrides, preset
+
+
+def test_paper_preset_is_the_study_protocol():
+    # ../shared/PAPER.md: ResNet-50, ImageNet, 224 px, SGD momentum 0.9, L2 1e-4, lr 1e-4 constant,
+    # head factor 10, mini-batch 25, 250 iterations, max 64 epochs, 10 folds, augmentation p = 0.5.
+    cfg = preset("paper")
+    assert (cfg.backbone, cfg.weights, cfg.image_size) == ("resnet50", "imagenet", 224)
+    assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.learning_rate) == ("sgdm", 0.9, 1e-4, 1e-4)
+    assert (cfg.head_lr_factor, cfg.batch_size, cfg.max_iterations, cfg.max_epochs, cfg.folds) == (10.0, 25, 250, 64, 10)
+    assert cfg.augment and cfg.aug_prob == 0.5 and not cfg.freeze_backbone
+
+
+def test_quick_preset_trains_offline_with_a_small_model():
+    cfg = preset("quick")
+    assert cfg.weights == "auto"  # ImageNet when cached, else from scratch
+    assert cfg.backbone == "resnet18" and cfg.image_size <= 128
+
+
+def test_every_preset_is_valid():
+    for name in PRESETS:
+        assert isinstance(preset(name), RunConfig)
+
+
+@pytest.mark.parametrize(
+    "assignment, field, value",
+    [
+        ("max_iterations=500", "max_iterations", 500),
+        ("learning_rate=3e-4", "learning_rate", 3e-4),
+        ("augment=false", "augment", False),
+        ("backbone=resnet18", "backbone", "resnet18"),
+        ("weights=/tmp/w.pth", "weights", "/tmp/w.pth"),
+    ],
+)
+def test_set_parses_values_by_field_type(assignment, field, value):
+    assert getattr(apply_overrides(preset("paper"), [assignment]), field) == value
+
+
+@pytest.mark.parametrize(
+    "assignment, message",
+    [
+        ("max_iteration=5", "Did you mean 'max_iterations'"),
+        ("learning_rate=-1", "learning_rate must be greater than 0"),
+        ("batch_size=0", "batch_size must be at least 1"),
+        ("batch_size=ten", "batch_size must be a whole number"),
+        ("backbone=vgg", "backbone must be one of"),
+        ("folds", "expects field=value"),
+    ],
+)
+def test_bad_overrides_say_what_to_do(assignment, message):
+    with pytest.raises(CxrError, match=message):
+        apply_overrides(preset("paper"), [assignment])
+
+
+def test_config_round_trips_through_json():
+    cfg = apply_overrides(preset("quick"), ["seed=7", "data=/x"])
+    assert RunConfig.from_json(cfg.to_json()) == cfg

@@ -1,0 +1,79 @@
+"""The store under concurrency: a dashboard reading in a loop while a run writes sees no error and loses no row."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from core import CxrError
+from core.store import Store
+
+ROOT = Path(__file__).resolve().parent.parent
+
+WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from core.store import Store, IterationBuffer
+    store = Store(sys.argv[1])
+    store.create_run("live", status="running")
+    buf = IterationBuffer(store, interval_s=0.05)
+    for i in range(1, int(sys.argv[2]) + 1):
+        buf.add({"run_id": "live", "fold": 0, "phase": "train", "iteration": i, "epoch": 1,
+                 "loss": 1.0 / i, "accuracy": 0.5, "lr": 1e-4, "elapsed_s": i * 0.01})
+        time.sleep(0.002)
+    buf.flush(force=True)
+    store.update_run("live", status="finished")
+    """
+)
+
+
+def test_dashboard_reads_while_a_run_writes_without_errors_or_lost_rows(tmp_path):
+    store = Store(tmp_path)
+    store.create_run("seed")  # the file exists before the reader starts
+    n_rows = 1500
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(n_rows)], cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stderr=subprocess.PIPE, text=True)
+    reads, errors, seen = 0, [], []
+    deadline = time.monotonic() + 120
+    while (writer.poll() is None or reads < 200) and time.monotonic() < deadline:
+        try:
+            store.list_runs()
+            seen.append(len(store.iterations("live")))
+            reads += 1
+        except Exception as exc:  # any error here is a failure of the design
+            errors.append(repr(exc))
+    assert writer.wait(timeout=60) == 0, writer.stderr.read()
+    assert errors == [] and reads >= 200
+    assert seen == sorted(seen)  # rows only ever appear, never vanish
+    final = store.iterations("live")
+    assert len(final) == n_rows and final["iteration"].tolist() == list(range(1, n_rows + 1))
+    assert store.run("live")["status"] == "finished"
+
+
+def test_reading_an_absent_store_is_empty_not_an_error(tmp_path):
+    assert Store(tmp_path / "nothing").list_runs().empty
+
+
+def test_unknown_run_is_a_clear_error(tmp_path):
+    Store(tmp_path).create_run("a")
+    with pytest.raises(CxrError, match="no run 'b'"):
+        Store(tmp_path).run("b")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_a_read_only_runs_folder_says_so(tmp_path):
+    tmp_path.chmod(0o500)
+    with pytest.raises(CxrError, match="not writable"):
+        Store(tmp_path).create_run("x")
+
+
+def test_a_file_where_the_runs_folder_should_be_says_so(tmp_path):
+    (tmp_path / "runs").write_text("oops")
+    with pytest.raises(CxrError, match="cannot create runs folder"):
+        Store(tmp_path / "runs").create_run("x")
