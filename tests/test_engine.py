@@ -153,3 +153,17 @@ def test_three_classes_work(tmp_path, tiny_cfg):
     preds = Store(tmp_path / "runs").predictions(result.run_id)
     assert len(preds) == 18 and len(preds["probs"][0]) == 3
     assert 0 <= result.metrics["auc"] <= 1 and np.array(result.metrics["confusion"]).shape == (3, 3)
+
+
+def test_demo_data_runs_grouped_by_patient_and_marked_synthetic(tmp_path, tiny_cfg):
+    from core.data.phantom import make_demo_dataset
+
+    make_demo_dataset(tmp_path / "demo", n_per_class=10, size=64, seed=1)
+    store = Store(tmp_path / "runs")
+    result = run_cross_validation(tiny_cfg.replace(data=str(tmp_path / "demo"), max_iterations=1), store=store)
+    run = store.run(result.run_id)
+    assert bool(run["synthetic"]) and bool(run["grouped"]) and run["n_images"] == 20
+    images = store.images(run["dataset_id"])
+    assert set(images["label"]) == {"Normal", "Pleural Effusion"} and run["positive_class"] == "Pleural Effusion"
+    folds = store.splits(result.run_id).merge(images[["image_id", "group_id"]], on="image_id")
+    assert folds.groupby("group_id")["fold"].nunique().max() == 1
