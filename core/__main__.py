@@ -1,4 +1,4 @@
-"""Command line: `python -m core demo-data|run|runs ...`.
+"""Command line: `python -m core demo-data|run|sweep|report|runs|settings ...`.
 
 stdout carries only the result a script wants (a run id, a path, a table); progress bars,
 notices and errors go to stderr. Exit codes: 0 success, 2 a problem the user can fix (one
@@ -35,6 +35,21 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default: the preset's, auto)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
+    sweep = sub.add_parser("sweep", help="run the product of a grid of settings on identical splits")
+    sweep.add_argument("--preset", default="quick", help="base preset (default quick)")
+    sweep.add_argument("--data", required=True, help="demo folder, folder of class sub-folders, or CSV manifest")
+    sweep.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...", help="values to sweep (repeatable; runs the product)")
+    sweep.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE", help="fixed override for every run")
+    _common(sweep)
+    sweep.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    sweep.add_argument("--no-progress", action="store_true")
+
+    report = sub.add_parser("report", help="the study's Table 3 for runs or a sweep, with intervals and DeLong p-values")
+    report.add_argument("run_ids", nargs="*", help="runs to compare; the first is the reference row")
+    report.add_argument("--sweep", default=None, help="report every finished run of this sweep id")
+    report.add_argument("--format", choices=["md", "json", "html"], default="md")
+    _common(report)
+
     runs = sub.add_parser("runs", help="list the runs in the store")
     _common(runs)
 
@@ -51,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return {"demo-data": cmd_demo_data, "run": cmd_run, "runs": cmd_runs, "settings": cmd_settings}[args.command](args)
+        return {"demo-data": cmd_demo_data, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "runs": cmd_runs,
+                "settings": cmd_settings}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -98,6 +114,36 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(result.run_id)
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from core.config import apply_overrides, preset
+    from core.store import Store, default_runs_dir
+    from core.sweep import parse_grid, run_sweep
+
+    grid = parse_grid(args.grid)
+    cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
+    reporter = ProgressReporter(disable=args.no_progress)
+    try:
+        sweep_id, results = run_sweep(cfg, grid, store=Store(args.runs_dir or default_runs_dir()), preset=args.preset, progress=reporter)
+    finally:
+        reporter.close()
+    print(f"sweep {sweep_id}: {len(results)} runs; show it with: python -m core report --sweep {sweep_id}", file=sys.stderr)
+    print(sweep_id)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from core.report import sweep_run_ids, table3, to_html, to_json, to_markdown
+    from core.store import Store, default_runs_dir
+
+    store = Store(args.runs_dir or default_runs_dir())
+    if bool(args.sweep) == bool(args.run_ids):
+        raise CxrError("report takes run ids or --sweep ID (one of the two)")
+    run_ids = sweep_run_ids(store, args.sweep) if args.sweep else args.run_ids
+    rows = table3(store, run_ids)
+    print({"md": to_markdown, "json": to_json, "html": to_html}[args.format](rows), end="")
     return 0
 
 

@@ -77,12 +77,17 @@ def run_cross_validation(
     name: str = "",
     progress: Progress | None = None,
     run_id: str | None = None,
+    sweep_id: str = "",
+    fixed_splits: dict[str, int] | None = None,
 ) -> RunResult:
     """Run the whole k-fold protocol for `cfg` and store everything; returns the pooled result.
 
     Raises:
         CxrError: for anything the user can fix (data, weights, store); the run is then marked
         failed in the store if it had been created.
+
+    `fixed_splits` (image_id -> fold) reuses another run's folds, so that runs of a sweep are
+    evaluated on identical splits and paired tests between them are valid.
     """
     emit = progress or (lambda event: None)
     device = resolve_device(cfg.device)
@@ -95,13 +100,19 @@ def run_cross_validation(
     # Build one model up front: a missing ImageNet file or a bad weights file stops the run before any training.
     _, weights = build_model(cfg.backbone, len(data.classes), cfg.weights)
     groups = data.groups if cfg.group_by_patient else None
-    fold_of = assign_folds(data.labels, groups, folds=cfg.folds, seed=cfg.seed, class_names=data.classes)
+    if fixed_splits is None:
+        fold_of = assign_folds(data.labels, groups, folds=cfg.folds, seed=cfg.seed, class_names=data.classes)
+    else:
+        if set(fixed_splits) != set(data.image_ids):
+            raise CxrError("this run's images differ from the sweep's first run, so its splits cannot be reused")
+        fold_of = np.array([fixed_splits[i] for i in data.image_ids])
 
     store.save_dataset(data.dataset_id, source=data.manifest.source, root=data.manifest.root, synthetic=data.manifest.synthetic, table=data.manifest.table, classes=data.classes)
     store.create_run(
         run_id,
         name=name or run_id,
         preset=preset,
+        sweep_id=sweep_id or None,
         started_at=now(),
         config=cfg.to_json(),
         dataset_id=data.dataset_id,

@@ -1,0 +1,144 @@
+"""The study's Table 3 from the store: one row per run with intervals and the DeLong p-value against the first row.
+
+Every number is computed from the stored out-of-fold predictions (pooled, as the study);
+per-fold AUCs are summarised as mean +- SD beside them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+import numpy as np
+
+from core import CxrError
+from core.stats import auc_delong, delong_paired, holm, mean_sd, wilson
+from core.store import Store
+
+
+def run_row(store: Store, run_id: str) -> tuple[dict, dict, dict]:
+    """(report row, {image_id: positive probability}, {image_id: is positive}) of one run, from its stored predictions."""
+    run = store.run(run_id)
+    if run["status"] != "finished":
+        raise CxrError(f"run {run_id} is {run['status']}, not finished; report finished runs only")
+    preds = store.predictions(run_id)
+    classes = json.loads(run["classes"])
+    pos = classes.index(run["positive_class"])
+    y = (preds["label_index"].to_numpy() == pos)
+    call = preds["pred_index"].to_numpy() == pos
+    scores = preds["prob_positive"].to_numpy(dtype=float)
+    ci = auc_delong(y, scores)
+    row = {"run_id": run_id, "name": run["name"], "n_images": int(len(preds)), "synthetic": bool(run["synthetic"]),
+           "auc": ci.auc, "auc_ci_low": ci.low, "auc_ci_high": ci.high}
+    tp, fn = int((call & y).sum()), int((~call & y).sum())
+    fp, tn = int((call & ~y).sum()), int((~call & ~y).sum())
+    for name, k, n in [("accuracy", tp + tn, len(y)), ("sensitivity", tp, tp + fn), ("specificity", tn, tn + fp),
+                       ("ppv", tp, tp + fp), ("npv", tn, tn + fn)]:
+        row[name] = k / n if n else float("nan")
+        row[f"{name}_ci_low"], row[f"{name}_ci_high"] = wilson(k, n)
+    fold_auc = store.folds(run_id)["auc"].to_numpy(dtype=float)
+    row["auc_mean_folds"], row["auc_sd_folds"] = mean_sd(fold_auc)
+    row["train_seconds"] = float(run["train_seconds"])
+    row["confusion"] = {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
+    row["config"] = json.loads(run["config"])
+    return row, dict(zip(preds["image_id"], scores)), dict(zip(preds["image_id"], y))
+
+
+def table3(store: Store, run_ids: list[str]) -> list[dict]:
+    """Rows for `run_ids` in order; `delong_p_vs_first` (paired, on the images both runs share) and its Holm adjustment."""
+    if not run_ids:
+        raise CxrError("no runs to report; pass run ids or --sweep ID")
+    built = [run_row(store, r) for r in run_ids]
+    rows = [b[0] for b in built]
+    first_scores, first_truth = built[0][1], built[0][2]
+    for row, scores, truth in built:
+        row["varies"] = {}
+        if row is rows[0]:
+            row["delong_p_vs_first"] = None
+            continue
+        common = sorted(set(scores) & set(first_scores))
+        if len(common) < 2 or any(truth[i] != first_truth[i] for i in common):
+            row["delong_p_vs_first"] = None
+            continue
+        y = np.array([truth[i] for i in common])
+        test = delong_paired(y, np.array([scores[i] for i in common]), np.array([first_scores[i] for i in common]))
+        row["delong_p_vs_first"] = test.p
+    adjusted = holm([r["delong_p_vs_first"] if r["delong_p_vs_first"] is not None else np.nan for r in rows[1:]])
+    rows[0]["delong_p_holm"] = None
+    for row, p in zip(rows[1:], adjusted):
+        row["delong_p_holm"] = None if np.isnan(p) else float(p)
+    configs = [r["config"] for r in rows]
+    varying = sorted(k for k in configs[0] if any(c.get(k) != configs[0][k] for c in configs))
+    for row in rows:
+        row["varies"] = {k: row["config"][k] for k in varying}
+    return rows
+
+
+def sweep_run_ids(store: Store, sweep_id: str) -> list[str]:
+    df = store.query("SELECT run_id FROM runs WHERE sweep_id = ? AND status = 'finished' ORDER BY created_at", [sweep_id])
+    if df.empty:
+        raise CxrError(f"no finished run in sweep {sweep_id!r}")
+    return df["run_id"].tolist()
+
+
+def _pct(v: float) -> str:
+    return "n/a" if v is None or not np.isfinite(v) else f"{100 * v:.1f}"
+
+
+def _with_ci(row: dict, key: str, digits: int = 1) -> str:
+    lo, hi = row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+    return f"{100 * row[key]:.{digits}f} ({100 * lo:.{digits}f}-{100 * hi:.{digits}f})"
+
+
+def _p(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return "<0.001" if v < 0.001 else f"{v:.3f}"
+
+
+def _cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    varying = list(rows[0]["varies"])
+    header = [*varying, "accuracy % (95% CI)", "sensitivity % (95% CI)", "specificity % (95% CI)", "AUC % (95% CI, DeLong)",
+              "per-fold AUC % mean ± SD", "training time", "DeLong p vs first", "Holm p"]
+    body = []
+    for r in rows:
+        m, s = divmod(r["train_seconds"], 60)
+        body.append([*(str(r["varies"][k]) for k in varying), _with_ci(r, "accuracy"), _with_ci(r, "sensitivity"),
+                     _with_ci(r, "specificity"), _with_ci(r, "auc", 2),
+                     f"{100 * r['auc_mean_folds']:.2f} ± {100 * r['auc_sd_folds']:.2f}", f"{int(m)} min {s:.0f} s",
+                     _p(r["delong_p_vs_first"]), _p(r["delong_p_holm"])])
+    return header, body
+
+
+def _footer(rows: list[dict]) -> str:
+    note = ("Pooled out-of-fold predictions (as the study); intervals: Wilson for proportions, DeLong for AUC; "
+            "p: paired DeLong test against the first row on the same images, Holm-adjusted over the comparisons.")
+    if any(r["synthetic"] for r in rows):
+        note += " Data: SYNTHETIC demo phantom images, not real radiographs."
+    return note
+
+
+def to_markdown(rows: list[dict]) -> str:
+    header, body = _cells(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines) + "\n\n" + _footer(rows) + "\n"
+
+
+def to_html(rows: list[dict]) -> str:
+    header, body = _cells(rows)
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
+    return (f"<!doctype html><meta charset='utf-8'><title>cxr-transfer report</title>"
+            f"<table border='1' cellpadding='4'><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+            f"<p>{html.escape(_footer(rows))}</p>\n")
+
+
+def to_json(rows: list[dict]) -> str:
+    def clean(v):
+        if isinstance(v, float) and not np.isfinite(v):
+            return None
+        return v
+
+    out = [{k: clean(v) for k, v in r.items()} for r in rows]
+    return json.dumps(out, indent=2)

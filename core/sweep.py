@@ -1,0 +1,61 @@
+"""Sweeps: the product of a grid of settings, run as one group on identical splits so paired tests between runs are valid."""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+import time
+from dataclasses import fields
+
+from core import CxrError
+from core.config import RunConfig, apply_overrides
+from core.engine import Progress, RunResult, run_cross_validation
+from core.store import Store
+
+# Settings that change which images go where: a sweep over them would compare runs on other splits.
+SPLIT_FIELDS = {"data", "source", "path_column", "label_column", "group_column", "positive_labels", "folds", "seed", "group_by_patient"}
+
+
+def parse_grid(specs: list[str]) -> dict[str, list[str]]:
+    """`["max_iterations=250,500", "backbone=resnet18,resnet50"]` -> {field: [values]} (validated names)."""
+    known = {f.name for f in fields(RunConfig)}
+    grid: dict[str, list[str]] = {}
+    for spec in specs:
+        name, sep, values = spec.partition("=")
+        name = name.strip()
+        if not sep or not values.strip():
+            raise CxrError(f"--grid expects field=v1,v2,..., got {spec!r} (e.g. --grid max_iterations=250,500,1000)")
+        if name not in known:
+            apply_overrides(RunConfig(), [f"{name}=0"])  # raises the standard unknown-setting message
+        if name in SPLIT_FIELDS:
+            raise CxrError(f"a sweep keeps the same splits for every run, so {name} cannot vary; run separate sweeps instead")
+        grid[name] = [v.strip() for v in values.split(",") if v.strip()]
+    if not grid:
+        raise CxrError("a sweep needs at least one --grid field=v1,v2,...")
+    return grid
+
+
+def expand(base: RunConfig, grid: dict[str, list[str]]) -> list[tuple[dict[str, str], RunConfig]]:
+    """Every combination as (the varying values, the full validated config); invalid values fail before any run."""
+    names = list(grid)
+    combos = []
+    for values in itertools.product(*(grid[n] for n in names)):
+        varying = dict(zip(names, values))
+        combos.append((varying, apply_overrides(base, [f"{k}={v}" for k, v in varying.items()])))
+    return combos
+
+
+def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, preset: str = "", progress: Progress | None = None) -> tuple[str, list[RunResult]]:
+    """Run every combination; the first run's splits are reused by all the others."""
+    combos = expand(base, grid)
+    sweep_id = "sweep-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    results: list[RunResult] = []
+    splits: dict[str, int] | None = None
+    for varying, cfg in combos:
+        name = ", ".join(f"{k}={v}" for k, v in varying.items())
+        result = run_cross_validation(cfg, store=store, preset=preset, name=name, progress=progress, sweep_id=sweep_id, fixed_splits=splits)
+        if splits is None:
+            table = store.splits(result.run_id)
+            splits = dict(zip(table["image_id"], table["fold"].astype(int)))
+        results.append(result)
+    return sweep_id, results

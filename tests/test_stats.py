@@ -1,0 +1,82 @@
+"""Statistics against references: scikit-learn for AUC, R's pROC for DeLong intervals and paired tests, textbook values for Wilson and Holm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import brier_score_loss, roc_auc_score
+
+from core.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, roc_band, threshold_for_sensitivity,
+                        threshold_youden, wilson)
+
+FIXTURES = Path(__file__).parent / "fixtures" / "delong"
+REFERENCE = pd.read_csv(FIXTURES / "reference.csv", comment="#").set_index("case")
+
+
+@pytest.mark.parametrize("case", list(REFERENCE.index))
+def test_delong_matches_pROC(case):
+    data = pd.read_csv(FIXTURES / f"{case}.csv")
+    ref = REFERENCE.loc[case]
+    y = data["y"].to_numpy() == 1
+    for k in ("1", "2"):
+        ci = auc_delong(y, data[f"s{k}"])
+        assert ci.auc == pytest.approx(roc_auc_score(y, data[f"s{k}"]), abs=1e-12)
+        assert ci.auc == pytest.approx(ref[f"auc{k}"], abs=1e-6)
+        assert ci.low == pytest.approx(ref[f"auc{k}_low"], abs=1e-6)
+        assert ci.high == pytest.approx(ref[f"auc{k}_high"], abs=1e-6)
+    test = delong_paired(y, data["s1"], data["s2"])
+    assert test.z == pytest.approx(ref["z"], abs=1e-6)
+    assert test.p == pytest.approx(ref["p"], abs=1e-6)
+
+
+def test_wilson_interval_textbook_values():
+    # Newcombe 1998, Table I: 81/263 -> 0.2553 to 0.3662; R: prop.test(81, 263, correct = FALSE)$conf.int
+    lo, hi = wilson(81, 263)
+    assert (lo, hi) == pytest.approx((0.2552885, 0.3662096), abs=1e-7)
+    assert wilson(0, 10)[0] == 0.0 and wilson(10, 10)[1] == pytest.approx(1.0)
+    assert all(np.isnan(wilson(0, 0)))
+
+
+def test_holm_adjustment():
+    assert holm([0.01, 0.04, 0.03]).tolist() == pytest.approx([0.03, 0.06, 0.06])
+    adjusted = holm([0.2, np.nan, 0.01])
+    assert adjusted[2] == pytest.approx(0.02) and adjusted[0] == pytest.approx(0.2) and np.isnan(adjusted[1])
+
+
+def test_operating_points_and_rates():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    s = np.r_[rng.uniform(0.3, 1, 50), rng.uniform(0, 0.7, 50)]
+    t = threshold_for_sensitivity(y, s, 0.9)
+    assert at_threshold(y, s, t)["sensitivity"] >= 0.9
+    assert at_threshold(y, s, t + 1e-9)["sensitivity"] < 0.9 or t >= s[y].max()
+    youden = at_threshold(y, s, threshold_youden(y, s))
+    for other in np.linspace(0.05, 0.95, 19):
+        r = at_threshold(y, s, other)
+        assert youden["sensitivity"] + youden["specificity"] >= r["sensitivity"] + r["specificity"] - 1e-12
+    r = at_threshold(y, s, 0.5)
+    assert r["tp"] + r["fn"] == 50 and r["ppv_ci_low"] <= r["ppv"] <= r["ppv_ci_high"]
+
+
+def test_calibration_bins_and_brier():
+    rng = np.random.default_rng(1)
+    p = rng.uniform(size=2000)
+    y = rng.uniform(size=2000) < p  # perfectly calibrated
+    cal = calibration(y, p, bins=10)
+    assert cal["brier"] == pytest.approx(brier_score_loss(y, p))
+    assert sum(b["count"] for b in cal["bins"]) == 2000
+    for b in cal["bins"]:
+        assert abs(b["observed"] - b["mean_predicted"]) < 0.1
+
+
+def test_roc_band_contains_the_curve_and_resamples_patients():
+    rng = np.random.default_rng(2)
+    groups = np.repeat(np.arange(40), 3)
+    y = np.repeat(rng.uniform(size=40) < 0.5, 3)
+    s = y * 0.8 + rng.normal(0, 0.5, len(y))
+    band = roc_band(y, s, groups=groups, n_boot=200, seed=0)
+    assert ((band["low"] <= band["tpr"] + 1e-9) & (band["tpr"] <= band["high"] + 1e-9)).mean() > 0.95
+    assert band["fpr"][0] == 0 and band["fpr"][-1] == 1

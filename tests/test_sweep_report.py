@@ -1,0 +1,71 @@
+"""Sweeps share splits; the report is computed from the stored predictions with the documented JSON keys."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from core import CxrError
+from core.report import sweep_run_ids, table3, to_json, to_markdown
+from core.stats import auc_delong, delong_paired
+from core.store import Store
+from core.sweep import parse_grid, run_sweep
+
+from conftest import blob_dataset
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    from core.config import RunConfig
+
+    root = tmp_path_factory.mktemp("sweep")
+    data = blob_dataset(root / "data", n_per_class=12)
+    base = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, folds=3, eval_every=2,
+                     optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data))
+    store = Store(root / "runs")
+    sweep_id, results = run_sweep(base, parse_grid(["max_iterations=1,3", "learning_rate=1e-3,3e-3"]), store=store)
+    return store, sweep_id, [r.run_id for r in results]
+
+
+def test_every_run_of_a_sweep_uses_the_same_splits(sweep):
+    store, sweep_id, run_ids = sweep
+    assert len(run_ids) == 4 and sweep_run_ids(store, sweep_id) == run_ids
+    first = store.splits(run_ids[0])[["image_id", "fold"]]
+    for run_id in run_ids[1:]:
+        assert store.splits(run_id)[["image_id", "fold"]].equals(first)
+
+
+def test_report_json_has_the_documented_keys_and_numbers_from_the_predictions(sweep):
+    store, sweep_id, run_ids = sweep
+    rows = json.loads(to_json(table3(store, run_ids)))
+    for key in ("run_id", "auc", "auc_ci_low", "auc_ci_high", "accuracy", "sensitivity", "specificity", "train_seconds", "delong_p_vs_first"):
+        assert key in rows[0], key
+    assert rows[0]["delong_p_vs_first"] is None
+    assert set(rows[1]["varies"]) == {"max_iterations", "learning_rate"}
+    # recompute row 2 from its own and the first run's stored predictions
+    def scores(run_id):
+        p = store.predictions(run_id).sort_values("image_id")
+        return p["label_index"].to_numpy() == 1, p["prob_positive"].to_numpy()
+
+    y, s_first = scores(run_ids[0])
+    _, s_other = scores(run_ids[2])
+    assert rows[2]["auc"] == pytest.approx(auc_delong(y, s_other).auc)
+    assert rows[2]["auc_ci_low"] == pytest.approx(auc_delong(y, s_other).low)
+    assert rows[2]["delong_p_vs_first"] == pytest.approx(delong_paired(y, s_other, s_first).p)
+
+
+def test_markdown_report_is_a_table3_layout(sweep):
+    store, _, run_ids = sweep
+    text = to_markdown(table3(store, run_ids))
+    header = text.splitlines()[0]
+    for column in ("max_iterations", "accuracy %", "sensitivity %", "specificity %", "AUC %", "training time", "DeLong p"):
+        assert column in header
+    assert len([line for line in text.splitlines() if line.startswith("| ")]) == 1 + 4
+
+
+@pytest.mark.parametrize("spec, message", [("folds=3,5", "cannot vary"), ("max_iteration=1,2", "unknown setting"), ("lr", "expects field=v1,v2")])
+def test_bad_grids_are_refused_before_any_run(spec, message):
+    with pytest.raises(CxrError, match=message):
+        parse_grid([spec])
