@@ -74,6 +74,11 @@ class RunConfig:
     seed: int = _f(0, "Seed for splits, initialisation, shuffling and augmentation.", min=0)
     positive_class: str = _f("", "Class reported as positive (sensitivity); '' = the last class in sorted order.")
 
+    # --- explanation ----------------------------------------------------------------------
+    gradcam: bool = _f(True, "Compute Grad-CAM heat maps of each fold's held-out images after training.")
+    gradcam_max: int = _f(100, "At most this many held-out images per fold get heat maps (0 = all); the cap keeps TP, FP, FN and TN.", min=0)
+    gradcam_size: int = _f(64, "Stored heat-map side in pixels (the gallery upsamples).", min=8, max=512)
+
     # --- execution ------------------------------------------------------------------------
     device: str = _f("auto", "auto (CUDA when present), cpu or cuda.", choices=DEVICES)
     num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default.", min=0)

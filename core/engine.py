@@ -25,6 +25,7 @@ from core import CxrError, __version__
 from core.config import RunConfig
 from core.data.prepare import PreparedData, cache_dir_for, prepare_data
 from core.data.splits import assign_folds
+from core.explain import explain_fold, summarize_localisation
 from core.metrics import summarize
 from core.models import BACKBONES, build_model, get_module
 from core.store import IterationBuffer, Store, now
@@ -185,6 +186,18 @@ def _run_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int
         "prob_positive": probs[:, data.positive],
         "probs": [row.tolist() for row in probs],
     })
+    cam_rows = None
+    if cfg.gradcam:
+        arrays, rows = explain_fold(
+            outcome.model, cfg.backbone, pixels[test_idx], image_ids=[data.image_ids[i] for i in test_idx], labels=y_test,
+            probs=probs, positive=data.positive, mask_paths=[data.mask_paths[i] for i in test_idx] if data.mask_paths else None,
+            cap=cfg.gradcam_max, store_size=cfg.gradcam_size, device=device,
+        )
+        if rows:
+            artifact = store.run_dir(run_id) / "cams" / f"fold_{fold}.npz"
+            artifact.parent.mkdir(parents=True, exist_ok=True)
+            np.savez_compressed(artifact, **arrays)
+            cam_rows = pd.DataFrame(rows).assign(fold=fold, artifact=str(artifact.relative_to(store.runs_dir)))
     if cfg.save_models:
         target = store.run_dir(run_id) / f"fold_{fold}.pt"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -195,7 +208,7 @@ def _run_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int
         "eval_seconds": outcome.eval_seconds, "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
         "specificity": m["specificity"], "auc": m["auc"], "confusion": json.dumps(m["confusion"]),
         "started_at": started, "finished_at": now(),
-    }, predictions)
+    }, predictions, cam_rows)
     emit({"event": "fold_end", "fold": fold, "metrics": m, "train_seconds": outcome.train_seconds})
     return outcome.train_seconds
 
@@ -209,10 +222,13 @@ def _finish(cfg: RunConfig, data: PreparedData, run_id: str, store: Store, *, tr
     pooled = summarize(preds["label_index"].to_numpy(), probs, positive=data.positive)
     fold_aucs = store.folds(run_id)["auc"].to_numpy(dtype=float)
     auc_mean = float(np.nanmean(fold_aucs)) if np.isfinite(fold_aucs).any() else float("nan")
+    localisation = summarize_localisation(store.cams(run_id)) if cfg.gradcam else {}
+    pooled.update(localisation)
     store.update_run(
         run_id, status="finished", finished_at=now(), train_seconds=train_seconds, total_seconds=total_seconds,
         accuracy=pooled["accuracy"], sensitivity=pooled["sensitivity"], specificity=pooled["specificity"],
         auc=pooled["auc"], auc_mean_folds=auc_mean, metrics=json.dumps(pooled),
+        **{k: localisation[k] for k in ("pointing_game", "pointing_chance", "energy_in_mask", "energy_chance") if k in localisation},
     )
     return RunResult(run_id, pooled, auc_mean, weights_used)
 

@@ -28,6 +28,7 @@ class Backbone:
 
     head: str  # dotted attribute path of the final Linear layer
     cam_layer: str  # last convolutional block: the usual Grad-CAM target
+    cam_stride: int = 32  # input pixels per cell of cam_layer's map
 
 
 BACKBONES: dict[str, Backbone] = {

@@ -41,6 +41,9 @@ def run_row(store: Store, run_id: str) -> tuple[dict, dict, dict]:
     row["train_seconds"] = float(run["train_seconds"])
     row["confusion"] = {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
     row["config"] = json.loads(run["config"])
+    if run.get("pointing_game") is not None and np.isfinite(run["pointing_game"]):
+        for key in ("pointing_game", "pointing_chance", "energy_in_mask", "energy_chance"):
+            row[key] = float(run[key])
     return row, dict(zip(preds["image_id"], scores)), dict(zip(preds["image_id"], y))
 
 
@@ -100,6 +103,9 @@ def _cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     varying = list(rows[0]["varies"])
     header = [*varying, "accuracy % (95% CI)", "sensitivity % (95% CI)", "specificity % (95% CI)", "AUC % (95% CI, DeLong)",
               "per-fold AUC % mean ± SD", "training time", "DeLong p vs first", "Holm p"]
+    localised = all("pointing_game" in r for r in rows)
+    if localised:
+        header[-2:-2] = ["pointing game % (chance)", "CAM energy in mask % (chance)"]
     body = []
     for r in rows:
         m, s = divmod(r["train_seconds"], 60)
@@ -107,6 +113,9 @@ def _cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
                      _with_ci(r, "specificity"), _with_ci(r, "auc", 2),
                      f"{100 * r['auc_mean_folds']:.2f} ± {100 * r['auc_sd_folds']:.2f}", f"{int(m)} min {s:.0f} s",
                      _p(r["delong_p_vs_first"]), _p(r["delong_p_holm"])])
+        if localised:
+            body[-1][-2:-2] = [f"{100 * r['pointing_game']:.0f} ({100 * r['pointing_chance']:.0f})",
+                               f"{100 * r['energy_in_mask']:.1f} ({100 * r['energy_chance']:.1f})"]
     return header, body
 
 

@@ -24,7 +24,7 @@ import pandas as pd
 
 from core import CxrError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "runs.duckdb"
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 
@@ -58,7 +58,20 @@ CREATE TABLE IF NOT EXISTS predictions (
     prob_positive DOUBLE, probs DOUBLE[], PRIMARY KEY (run_id, image_id));
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1}  # version -> SQL that brings version-1 up to it
+# v2: Grad-CAM index (heat maps live in runs/<run_id>/cams/fold_<k>.npz) and run-level localisation.
+_SCHEMA_V2 = """
+CREATE TABLE IF NOT EXISTS cams (
+    run_id VARCHAR, image_id VARCHAR, fold INTEGER, target VARCHAR, target_class INTEGER, artifact VARCHAR,
+    slot INTEGER, outcome VARCHAR, prob_positive DOUBLE, has_mask BOOLEAN, pointing_hit BOOLEAN,
+    pointing_chance DOUBLE, energy_in_mask DOUBLE, mask_fraction DOUBLE, peak_y INTEGER, peak_x INTEGER,
+    PRIMARY KEY (run_id, image_id, target));
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pointing_game DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pointing_chance DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS energy_in_mask DOUBLE;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS energy_chance DOUBLE;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}  # version -> SQL that brings version-1 up to it
 
 
 def default_runs_dir() -> Path:
@@ -183,8 +196,8 @@ class Store:
             con.execute("INSERT OR REPLACE INTO iterations SELECT * FROM new_iters")
             con.unregister("new_iters")
 
-    def save_fold(self, run_id: str, fold: dict, predictions: pd.DataFrame) -> None:
-        """One fold's metrics and out-of-fold predictions in one transaction: both or neither."""
+    def save_fold(self, run_id: str, fold: dict, predictions: pd.DataFrame, cams: pd.DataFrame | None = None) -> None:
+        """One fold's metrics, out-of-fold predictions and Grad-CAM index in one transaction: all or nothing."""
         preds = predictions.assign(run_id=run_id)
         row = {"run_id": run_id, **fold}
         with self.transaction() as con:
@@ -197,6 +210,13 @@ class Store:
                 "prob_positive, probs::DOUBLE[] FROM new_preds"
             )
             con.unregister("new_preds")
+            if cams is not None and not cams.empty:
+                con.register("new_cams", cams.assign(run_id=run_id))
+                con.execute(
+                    "INSERT OR REPLACE INTO cams SELECT run_id, image_id, fold, target, target_class, artifact, slot, outcome, "
+                    "prob_positive, has_mask, pointing_hit, pointing_chance, energy_in_mask, mask_fraction, peak_y, peak_x FROM new_cams"
+                )
+                con.unregister("new_cams")
 
     # -- reads ---------------------------------------------------------------------------
     def list_runs(self) -> pd.DataFrame:
@@ -223,6 +243,9 @@ class Store:
 
     def splits(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM splits WHERE run_id = ? ORDER BY image_id", [run_id])
+
+    def cams(self, run_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM cams WHERE run_id = ? ORDER BY fold, slot, target", [run_id])
 
     def images(self, dataset_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM images WHERE dataset_id = ? ORDER BY image_id", [dataset_id])

@@ -36,6 +36,7 @@ class PreparedData:
     classes: list[str]
     positive: int  # index of the positive class
     dataset_id: str  # fingerprint of (image_id, content, label) of the included images
+    mask_paths: list[str] | None = None  # lesion mask per image ('' = none), when the source has masks
 
 
 def cache_dir_for(runs_dir: Path) -> Path:
@@ -96,4 +97,5 @@ def prepare_data(cfg: RunConfig, *, cache_dir: Path, progress: Callable[[int, in
         classes=classes,
         positive=positive,
         dataset_id=fingerprint,
+        mask_paths=included["mask_path"].tolist() if (included["mask_path"] != "").any() else None,
     )

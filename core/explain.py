@@ -1,0 +1,168 @@
+"""Grad-CAM heat maps (pytorch-grad-cam) on each backbone's last convolutional block, and how well they localise a lesion.
+
+Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
+Localization". The target layer per backbone is `Backbone.cam_layer` in core/models.py
+(`layer4[-1]` for ResNets: the last block, whose maps keep the most class-specific meaning).
+Its stride is 32, so a 64 px input gives a 2 x 2 map and 224 px a 7 x 7 map: localisation
+scores below allow one map cell of tolerance and report the chance level beside each score
+(../shared/ARCHITECTURE.md, "Grad-CAM resolution").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pytorch_grad_cam import GradCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+from scipy.ndimage import distance_transform_edt
+from torch import nn
+
+from core.models import BACKBONES, get_module
+from core.train import normalize, to_input
+
+
+def cam_layer(model: nn.Module, backbone: str) -> nn.Module:
+    return get_module(model, BACKBONES[backbone].cam_layer)
+
+
+def grad_cams(model: nn.Module, backbone: str, images_u8: torch.Tensor, targets: list[int], device: torch.device, *, batch_size: int = 32) -> np.ndarray:
+    """Heat maps (N, H, W) in [0, 1] at the input's resolution, one per image for its target class.
+
+    Args:
+        images_u8: (N, H, W) uint8 images as the model saw them (before normalisation).
+        targets: class index per image (e.g. the predicted class, or the positive class).
+    """
+    model.eval()
+    layer = cam_layer(model, backbone)
+    out = []
+    with GradCAM(model=model, target_layers=[layer]) as cam:
+        for i in range(0, len(images_u8), batch_size):
+            x = normalize(to_input(images_u8[i : i + batch_size].to(device))).requires_grad_(True)
+            batch_targets = [ClassifierOutputTarget(int(t)) for t in targets[i : i + batch_size]]
+            out.append(cam(input_tensor=x, targets=batch_targets))
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0, 0), np.float32)
+
+
+def localisation(cam: np.ndarray, mask: np.ndarray, *, tolerance_px: float) -> dict:
+    """Pointing game and energy inside the lesion mask, each with its chance level.
+
+    pointing_hit: the heat map's peak lies in the mask dilated by `tolerance_px` (about one map
+    cell). pointing_chance: the dilated mask's share of the image (a uniformly random peak's hit
+    rate). energy_in_mask: share of the heat map's sum inside the (undilated) mask; its chance
+    level is the mask's share of the image (a flat map).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    dilated = distance_transform_edt(~mask) <= tolerance_px if mask.any() else mask
+    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    total = float(cam.sum())
+    return {
+        "pointing_hit": bool(dilated[peak]),
+        "pointing_chance": float(dilated.mean()),
+        "energy_in_mask": float(cam[mask].sum() / total) if total > 0 else 0.0,
+        "mask_fraction": float(mask.mean()),
+        "peak_y": int(peak[0]),
+        "peak_x": int(peak[1]),
+    }
+
+
+def pick_for_gallery(outcomes: list[str], probs: np.ndarray, cap: int) -> np.ndarray:
+    """Indices of at most `cap` images (0 = all) that still cover every outcome (TP, FP, FN, TN) present.
+
+    Round-robin over the outcomes, most confident first within each, so a small cap keeps a
+    few of each kind instead of only the most common one.
+    """
+    n = len(outcomes)
+    if cap <= 0 or cap >= n:
+        return np.arange(n)
+    confidence = np.abs(np.asarray(probs) - 0.5)
+    queues = {o: sorted((i for i in range(n) if outcomes[i] == o), key=lambda i: -confidence[i]) for o in ("TP", "FP", "FN", "TN")}
+    chosen: list[int] = []
+    while len(chosen) < cap:
+        progressed = False
+        for queue in queues.values():
+            if queue and len(chosen) < cap:
+                chosen.append(queue.pop(0))
+                progressed = True
+        if not progressed:
+            break
+    return np.array(sorted(chosen))
+
+
+def outcome(is_positive: bool, called_positive: bool) -> str:
+    return {(True, True): "TP", (True, False): "FN", (False, True): "FP", (False, False): "TN"}[(is_positive, called_positive)]
+
+
+def to_u8(cams: np.ndarray, size: int) -> np.ndarray:
+    """Compact storage: (N, size, size) uint8, resized with torch's area/bilinear interpolation."""
+    if cams.size == 0:
+        return np.zeros((0, size, size), np.uint8)
+    t = torch.from_numpy(cams)[:, None]
+    if t.shape[-1] != size:
+        t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+    return (t[:, 0].clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def load_mask(path: str, size: int) -> np.ndarray | None:
+    """A lesion mask resized to the model's input (nearest neighbour), or None when absent or unreadable."""
+    from PIL import Image
+
+    if not path:
+        return None
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("L").resize((size, size), Image.NEAREST)) > 127
+    except (OSError, ValueError):
+        return None
+
+
+def explain_fold(
+    model: nn.Module,
+    backbone: str,
+    images_u8: torch.Tensor,
+    *,
+    image_ids: list[str],
+    labels: np.ndarray,
+    probs: np.ndarray,
+    positive: int,
+    mask_paths: list[str] | None,
+    cap: int,
+    store_size: int,
+    device: torch.device,
+) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Grad-CAMs of one fold's held-out images for the predicted and the positive class, with localisation.
+
+    Returns the arrays to save (`image_ids`, `predicted`, `positive`: (n, store_size, store_size)
+    uint8) and one index row per image and target for the store.
+    """
+    pred = probs.argmax(1)
+    outcomes = [outcome(bool(y == positive), bool(p == positive)) for y, p in zip(labels, pred)]
+    chosen = pick_for_gallery(outcomes, probs[:, positive], cap)
+    if len(chosen) == 0:
+        return {}, []
+    imgs = images_u8[torch.from_numpy(chosen)]
+    size = imgs.shape[-1]
+    maps = {"predicted": grad_cams(model, backbone, imgs, [int(pred[i]) for i in chosen], device),
+            "positive": grad_cams(model, backbone, imgs, [positive] * len(chosen), device)}
+    tolerance = float(BACKBONES[backbone].cam_stride)  # one cell of the layer's map, in input pixels
+    rows = []
+    for slot, i in enumerate(chosen):
+        mask = load_mask(mask_paths[i], size) if mask_paths else None
+        for target, cams in maps.items():
+            row = {"image_id": image_ids[i], "target": target, "target_class": int(pred[i]) if target == "predicted" else positive,
+                   "slot": slot, "outcome": outcomes[i], "prob_positive": float(probs[i, positive]), "has_mask": mask is not None,
+                   "pointing_hit": None, "pointing_chance": None, "energy_in_mask": None, "mask_fraction": None, "peak_y": None, "peak_x": None}
+            if mask is not None and mask.any():
+                row.update(localisation(cams[slot], mask, tolerance_px=tolerance))
+            rows.append(row)
+    arrays = {"image_ids": np.array([image_ids[i] for i in chosen]), **{k: to_u8(v, store_size) for k, v in maps.items()}}
+    return arrays, rows
+
+
+def summarize_localisation(cams) -> dict:
+    """Run-level scores over positives with masks, from the positive-class maps (pandas rows of the cams table)."""
+    sel = cams[(cams["target"] == "positive") & cams["has_mask"].astype(bool) & cams["pointing_hit"].notna()]
+    if sel.empty:
+        return {}
+    return {"pointing_game": float(sel["pointing_hit"].astype(float).mean()), "pointing_chance": float(sel["pointing_chance"].mean()),
+            "energy_in_mask": float(sel["energy_in_mask"].mean()), "energy_chance": float(sel["mask_fraction"].mean()),
+            "n_localised": int(len(sel))}

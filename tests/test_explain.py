@@ -1,0 +1,71 @@
+"""Grad-CAM: the right layer, maps aligned with the image, localisation scores with their chance levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from core.explain import cam_layer, grad_cams, localisation, pick_for_gallery
+from core.models import build_model
+
+
+def test_resnets_use_the_last_block_of_layer4():
+    model, _ = build_model("resnet18", 2, "none")
+    assert cam_layer(model, "resnet18") is model.layer4[-1]
+
+
+class _Probe(nn.Module):
+    """Its "last block" is the identity, and class 1's logit is the mean of that map: the CAM is the image itself."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer4 = nn.Sequential(nn.Identity())
+        self.scale = nn.Parameter(torch.ones(1))  # pytorch-grad-cam reads the device from a parameter
+
+    def forward(self, x):
+        feat = self.layer4(x[:, :1])
+        mean = feat.mean(dim=(1, 2, 3)) * self.scale
+        return torch.stack([-mean, mean], dim=1)
+
+
+def test_cams_are_aligned_with_the_image_not_flipped_or_shifted(monkeypatch):
+    import core.explain as explain
+
+    monkeypatch.setattr(explain, "BACKBONES", {"probe": type("B", (), {"cam_layer": "layer4.0", "cam_stride": 1})()})
+    img = torch.zeros((1, 16, 16), dtype=torch.uint8)
+    img[0, 2:5, 10:14] = 255  # an off-centre, asymmetric bright patch: top, right
+    cams = grad_cams(_Probe(), "probe", img, [1], torch.device("cpu"))
+    assert cams.shape == (1, 16, 16)
+    assert cams[0, 2:5, 10:14].min() > 0.9
+    outside = np.ones((16, 16), bool)
+    outside[2:5, 10:14] = False
+    assert cams[0][outside].max() < 0.1
+
+
+def test_localisation_scores_and_chance_levels():
+    mask = np.zeros((64, 64), bool)
+    mask[48:60, 40:56] = True
+    cam = np.zeros((64, 64))
+    cam[50:58, 44:52] = 1.0
+    inside = localisation(cam, mask, tolerance_px=4)
+    assert inside["pointing_hit"] and inside["energy_in_mask"] == pytest.approx(1.0)
+    assert inside["mask_fraction"] == pytest.approx(mask.mean())
+    assert mask.mean() < inside["pointing_chance"] < 1  # the dilated mask is larger
+    far = np.zeros((64, 64))
+    far[2:6, 2:6] = 1.0
+    outside = localisation(far, mask, tolerance_px=4)
+    assert not outside["pointing_hit"] and outside["energy_in_mask"] == 0.0
+    # one cell of tolerance: a peak just outside the mask still counts
+    near = np.zeros((64, 64))
+    near[46, 45] = 1.0
+    assert localisation(near, mask, tolerance_px=4)["pointing_hit"]
+
+
+def test_a_capped_gallery_still_covers_every_outcome():
+    outcomes = ["TP"] * 50 + ["TN"] * 40 + ["FP"] * 3 + ["FN"] * 2
+    probs = np.linspace(0, 1, len(outcomes))
+    chosen = pick_for_gallery(outcomes, probs, 8)
+    assert len(chosen) == 8 and {outcomes[i] for i in chosen} == {"TP", "TN", "FP", "FN"}
+    assert len(pick_for_gallery(outcomes, probs, 0)) == len(outcomes)
