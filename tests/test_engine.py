@@ -167,3 +167,13 @@ def test_demo_data_runs_grouped_by_patient_and_marked_synthetic(tmp_path, tiny_c
     assert set(images["label"]) == {"Normal", "Pleural Effusion"} and run["positive_class"] == "Pleural Effusion"
     folds = store.splits(result.run_id).merge(images[["image_id", "group_id"]], on="image_id")
     assert folds.groupby("group_id")["fold"].nunique().max() == 1
+    # Grad-CAM: every held-out image has a predicted- and a positive-class map; positives with masks are scored
+    cams = store.cams(result.run_id)
+    assert len(cams) == 2 * 20 and set(cams["target"]) == {"predicted", "positive"}
+    scored = cams[cams["pointing_hit"].notna()]
+    assert set(scored["image_id"]) == set(images.loc[images["mask_path"] != "", "image_id"])
+    assert run["pointing_game"] is not None and 0 < run["pointing_chance"] < 1
+    import numpy as np
+
+    with np.load(store.runs_dir / cams["artifact"].iloc[0]) as npz:
+        assert npz["positive"].dtype == np.uint8 and npz["positive"].shape[1:] == (64, 64)

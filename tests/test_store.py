@@ -77,3 +77,31 @@ def test_a_file_where_the_runs_folder_should_be_says_so(tmp_path):
     (tmp_path / "runs").write_text("oops")
     with pytest.raises(CxrError, match="cannot create runs folder"):
         Store(tmp_path / "runs").create_run("x")
+
+
+def test_a_version_1_store_is_migrated_forward(tmp_path):
+    import duckdb
+
+    from core.store import _SCHEMA_V1, SCHEMA_VERSION
+
+    con = duckdb.connect(str(tmp_path / "runs.duckdb"))
+    con.execute(_SCHEMA_V1)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO runs (run_id, status) VALUES ('old', 'finished')")
+    con.close()
+    store = Store(tmp_path)
+    store.update_run("old", notes="still here")  # any write migrates first
+    assert store.schema_version() == SCHEMA_VERSION
+    assert store.run("old")["notes"] == "still here" and "pointing_game" in store.run("old")
+    assert store.cams("old").empty
+
+
+def test_a_store_from_a_newer_version_is_refused(tmp_path):
+    Store(tmp_path).create_run("a")
+    import duckdb
+
+    con = duckdb.connect(str(tmp_path / "runs.duckdb"))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(CxrError, match="newer cxr-transfer"):
+        Store(tmp_path).create_run("b")
