@@ -43,25 +43,33 @@ def grad_cams(model: nn.Module, backbone: str, images_u8: torch.Tensor, targets:
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0, 0), np.float32)
 
 
-def localisation(cam: np.ndarray, mask: np.ndarray, *, tolerance_px: float) -> dict:
-    """Pointing game and energy inside the lesion mask, each with its chance level.
+def localisation(cam: np.ndarray, mask: np.ndarray, *, cell_px: int) -> dict:
+    """Pointing game and energy inside the lesion mask, each with its chance level, at the map's own resolution.
 
-    pointing_hit: the heat map's peak lies in the mask dilated by `tolerance_px` (about one map
-    cell). pointing_chance: the dilated mask's share of the image (a uniformly random peak's hit
-    rate). energy_in_mask: share of the heat map's sum inside the (undilated) mask; its chance
-    level is the mask's share of the image (a flat map).
+    The target layer's map has one cell per `cell_px` input pixels (32 for ResNets), and its
+    upsampled peak can only sit where a cell puts it. So the pointing game asks whether the
+    *hottest cell* points at the lesion: its centre lies within half a cell of the mask (the
+    slightly dilated mask). pointing_chance is the share of cells for which that holds (a
+    uniformly random cell's hit rate). energy_in_mask is the share of the heat map's sum inside
+    the mask; its chance level is the mask's share of the image (a flat map).
     """
     mask = np.asarray(mask, dtype=bool)
-    dilated = distance_transform_edt(~mask) <= tolerance_px if mask.any() else mask
-    peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+    h, w = cam.shape
+    ny, nx = -(-h // cell_px), -(-w // cell_px)
+    cells = np.array([[cam[i * cell_px : (i + 1) * cell_px, j * cell_px : (j + 1) * cell_px].mean() for j in range(nx)] for i in range(ny)])
+    cy = np.minimum((np.arange(ny) + 0.5) * cell_px, h - 1).astype(int)
+    cx = np.minimum((np.arange(nx) + 0.5) * cell_px, w - 1).astype(int)
+    distance = distance_transform_edt(~mask) if mask.any() else np.full(mask.shape, np.inf)
+    hits = distance[np.ix_(cy, cx)] <= cell_px / 2
+    best = np.unravel_index(int(np.argmax(cells)), cells.shape)
     total = float(cam.sum())
     return {
-        "pointing_hit": bool(dilated[peak]),
-        "pointing_chance": float(dilated.mean()),
+        "pointing_hit": bool(hits[best]),
+        "pointing_chance": float(hits.mean()),
         "energy_in_mask": float(cam[mask].sum() / total) if total > 0 else 0.0,
         "mask_fraction": float(mask.mean()),
-        "peak_y": int(peak[0]),
-        "peak_x": int(peak[1]),
+        "peak_y": int(cy[best[0]]),
+        "peak_x": int(cx[best[1]]),
     }
 
 
@@ -143,7 +151,7 @@ def explain_fold(
     size = imgs.shape[-1]
     maps = {"predicted": grad_cams(model, backbone, imgs, [int(pred[i]) for i in chosen], device),
             "positive": grad_cams(model, backbone, imgs, [positive] * len(chosen), device)}
-    tolerance = float(BACKBONES[backbone].cam_stride)  # one cell of the layer's map, in input pixels
+    cell = int(BACKBONES[backbone].cam_stride)  # input pixels per cell of the layer's map
     rows = []
     for slot, i in enumerate(chosen):
         mask = load_mask(mask_paths[i], size) if mask_paths else None
@@ -152,7 +160,7 @@ def explain_fold(
                    "slot": slot, "outcome": outcomes[i], "prob_positive": float(probs[i, positive]), "has_mask": mask is not None,
                    "pointing_hit": None, "pointing_chance": None, "energy_in_mask": None, "mask_fraction": None, "peak_y": None, "peak_x": None}
             if mask is not None and mask.any():
-                row.update(localisation(cams[slot], mask, tolerance_px=tolerance))
+                row.update(localisation(cams[slot], mask, cell_px=cell))
             rows.append(row)
     arrays = {"image_ids": np.array([image_ids[i] for i in chosen]), **{k: to_u8(v, store_size) for k, v in maps.items()}}
     return arrays, rows

@@ -46,21 +46,24 @@ def test_cams_are_aligned_with_the_image_not_flipped_or_shifted(monkeypatch):
 
 def test_localisation_scores_and_chance_levels():
     mask = np.zeros((64, 64), bool)
-    mask[48:60, 40:56] = True
+    mask[48:60, 40:56] = True  # inside the bottom-right cell of a 2 x 2 map (32 px cells)
     cam = np.zeros((64, 64))
     cam[50:58, 44:52] = 1.0
-    inside = localisation(cam, mask, tolerance_px=4)
+    inside = localisation(cam, mask, cell_px=32)
     assert inside["pointing_hit"] and inside["energy_in_mask"] == pytest.approx(1.0)
+    assert inside["pointing_chance"] == pytest.approx(0.25)  # 1 of 4 cells points at the lesion
     assert inside["mask_fraction"] == pytest.approx(mask.mean())
-    assert mask.mean() < inside["pointing_chance"] < 1  # the dilated mask is larger
+    assert (inside["peak_y"], inside["peak_x"]) == (48, 48)
     far = np.zeros((64, 64))
     far[2:6, 2:6] = 1.0
-    outside = localisation(far, mask, tolerance_px=4)
+    outside = localisation(far, mask, cell_px=32)
     assert not outside["pointing_hit"] and outside["energy_in_mask"] == 0.0
-    # one cell of tolerance: a peak just outside the mask still counts
+    # at pixel resolution (1 px cells) the pointing game is the classic one
     near = np.zeros((64, 64))
-    near[46, 45] = 1.0
-    assert localisation(near, mask, tolerance_px=4)["pointing_hit"]
+    near[47, 45] = 1.0  # one pixel above the mask: within half a cell? no (1 > 0.5)
+    assert not localisation(near, mask, cell_px=1)["pointing_hit"]
+    near[47, 45], near[50, 45] = 0.0, 1.0
+    assert localisation(near, mask, cell_px=1)["pointing_hit"]
 
 
 def test_a_capped_gallery_still_covers_every_outcome():
