@@ -48,6 +48,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     report.add_argument("run_ids", nargs="*", help="runs to compare; the first is the reference row")
     report.add_argument("--sweep", default=None, help="report every finished run of this sweep id")
     report.add_argument("--format", choices=["md", "json", "html"], default="md")
+    report.add_argument("--min-sensitivity", type=float, default=0.9, help="operating point: the highest threshold with at least this sensitivity")
     _common(report)
 
     runs = sub.add_parser("runs", help="list the runs in the store")
@@ -142,7 +143,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if bool(args.sweep) == bool(args.run_ids):
         raise CxrError("report takes run ids or --sweep ID (one of the two)")
     run_ids = sweep_run_ids(store, args.sweep) if args.sweep else args.run_ids
-    rows = table3(store, run_ids)
+    if not 0 < args.min_sensitivity <= 1:
+        raise CxrError("--min-sensitivity must be in (0, 1], e.g. 0.9")
+    rows = table3(store, run_ids, min_sensitivity=args.min_sensitivity)
     print({"md": to_markdown, "json": to_json, "html": to_html}[args.format](rows), end="")
     return 0
 

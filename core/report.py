@@ -12,11 +12,62 @@ import json
 import numpy as np
 
 from core import CxrError
-from core.stats import auc_delong, delong_paired, holm, mean_sd, wilson
+from sklearn.metrics import roc_auc_score
+
+from core.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, mean_sd, roc_band,
+                        threshold_for_sensitivity, threshold_youden, wilson)
+
+IN_SAMPLE = "pooled out-of-fold predictions of this run (chosen and evaluated on the same predictions: optimistic)"
+CROSS_FITTED = "for each fold, the other folds' out-of-fold predictions; applied to that fold (no image picks its own threshold)"
+
+
+def operating_points(y: np.ndarray, s: np.ndarray, folds: np.ndarray, *, min_sensitivity: float = 0.9) -> list[dict]:
+    """Sensitivity, specificity, PPV, NPV (Wilson intervals) at 0.5, Youden's J and 'sensitivity >= X', saying where each threshold came from."""
+    points = [{"name": "0.5", "chosen_on": "fixed", **at_threshold(y, s, 0.5)}]
+    rules = {"youden": threshold_youden, f"sensitivity>={min_sensitivity:g}": lambda yy, ss: threshold_for_sensitivity(yy, ss, min_sensitivity)}
+    for name, rule in rules.items():
+        points.append({"name": name, "chosen_on": IN_SAMPLE, **at_threshold(y, s, rule(y, s))})
+        calls = np.zeros(len(y), bool)
+        thresholds = []
+        for k in np.unique(folds):
+            rest = folds != k
+            if y[rest].all() or not y[rest].any():
+                continue
+            t = rule(y[rest], s[rest])
+            thresholds.append(t)
+            calls[folds == k] = s[folds == k] >= t
+        # at_threshold on 0/1 calls with threshold 0.5 scores the per-fold calls
+        cross = at_threshold(y, calls.astype(float), 0.5)
+        cross["threshold"] = float(np.mean(thresholds)) if thresholds else float("nan")
+        points.append({"name": name + " (cross-fitted)", "chosen_on": CROSS_FITTED, **cross})
+    return points
 from core.store import Store
 
 
-def run_row(store: Store, run_id: str) -> tuple[dict, dict, dict]:
+def per_fold_summary(y: np.ndarray, call: np.ndarray, folds: np.ndarray) -> dict:
+    """Mean and SD over folds of accuracy, sensitivity, specificity, PPV and NPV (each fold's own rates)."""
+    rates: dict[str, list[float]] = {k: [] for k in ("accuracy", "sensitivity", "specificity", "ppv", "npv")}
+    for k in np.unique(folds):
+        yk, ck = y[folds == k], call[folds == k]
+        r = at_threshold(yk, ck.astype(float), 0.5)
+        for name in rates:
+            rates[name].append(r[name])
+    return {name: dict(zip(("mean", "sd"), mean_sd(np.array(v)))) for name, v in rates.items()}
+
+
+def roc_with_band(store: Store, run_id: str, *, n_boot: int = 500, seed: int = 0) -> dict:
+    """Pooled ROC with a 95 % bootstrap band that resamples whole patients when the data set has patient ids."""
+    run = store.run(run_id)
+    preds = store.predictions(run_id)
+    images = store.images(run["dataset_id"])[["image_id", "group_id"]]
+    preds = preds.merge(images, on="image_id", how="left")
+    groups = preds["group_id"].to_numpy() if bool(run["grouped"]) else None
+    y = preds["label_index"].to_numpy() == json.loads(run["classes"]).index(run["positive_class"])
+    band = roc_band(y, preds["prob_positive"].to_numpy(dtype=float), groups=groups, n_boot=n_boot, seed=seed)
+    return {k: v.tolist() for k, v in band.items()} | {"resampled": "patients" if groups is not None else "images"}
+
+
+def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple[dict, dict, dict]:
     """(report row, {image_id: positive probability}, {image_id: is positive}) of one run, from its stored predictions."""
     run = store.run(run_id)
     if run["status"] != "finished":
@@ -38,20 +89,28 @@ def run_row(store: Store, run_id: str) -> tuple[dict, dict, dict]:
         row[f"{name}_ci_low"], row[f"{name}_ci_high"] = wilson(k, n)
     fold_auc = store.folds(run_id)["auc"].to_numpy(dtype=float)
     row["auc_mean_folds"], row["auc_sd_folds"] = mean_sd(fold_auc)
+    row["per_fold"] = per_fold_summary(y, call, preds["fold"].to_numpy())
+    row["calibration"] = calibration(y, scores)
+    if len(classes) > 2:
+        probs = np.array(preds["probs"].tolist())
+        labels = preds["label_index"].to_numpy()
+        row["auc_one_vs_rest"] = {c: float(roc_auc_score(labels == k, probs[:, k])) for k, c in enumerate(classes) if 0 < (labels == k).sum() < len(labels)}
+        row["auc_macro"] = float(np.mean(list(row["auc_one_vs_rest"].values())))
     row["train_seconds"] = float(run["train_seconds"])
     row["confusion"] = {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
     row["config"] = json.loads(run["config"])
+    row["operating_points"] = operating_points(y, scores, preds["fold"].to_numpy(), min_sensitivity=min_sensitivity)
     if run.get("pointing_game") is not None and np.isfinite(run["pointing_game"]):
         for key in ("pointing_game", "pointing_chance", "energy_in_mask", "energy_chance"):
             row[key] = float(run[key])
     return row, dict(zip(preds["image_id"], scores)), dict(zip(preds["image_id"], y))
 
 
-def table3(store: Store, run_ids: list[str]) -> list[dict]:
+def table3(store: Store, run_ids: list[str], *, min_sensitivity: float = 0.9) -> list[dict]:
     """Rows for `run_ids` in order; `delong_p_vs_first` (paired, on the images both runs share) and its Holm adjustment."""
     if not run_ids:
         raise CxrError("no runs to report; pass run ids or --sweep ID")
-    built = [run_row(store, r) for r in run_ids]
+    built = [run_row(store, r, min_sensitivity=min_sensitivity) for r in run_ids]
     rows = [b[0] for b in built]
     first_scores, first_truth = built[0][1], built[0][2]
     for row, scores, truth in built:
@@ -131,7 +190,14 @@ def to_markdown(rows: list[dict]) -> str:
     header, body = _cells(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines) + "\n\n" + _footer(rows) + "\n"
+    lines += ["", _footer(rows), "", "Operating points (threshold on the positive-class probability):", ""]
+    lines += ["| run | rule | threshold | sensitivity % (95% CI) | specificity % (95% CI) | PPV % (95% CI) | NPV % (95% CI) | threshold chosen on |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for op in r["operating_points"]:
+            lines.append(f"| {r['name']} | {op['name']} | {op['threshold']:.3f} | {_with_ci(op, 'sensitivity')} | "
+                         f"{_with_ci(op, 'specificity')} | {_with_ci(op, 'ppv')} | {_with_ci(op, 'npv')} | {op['chosen_on']} |")
+    return "\n".join(lines) + "\n"
 
 
 def to_html(rows: list[dict]) -> str:

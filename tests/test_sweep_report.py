@@ -62,10 +62,37 @@ def test_markdown_report_is_a_table3_layout(sweep):
     header = text.splitlines()[0]
     for column in ("max_iterations", "accuracy %", "sensitivity %", "specificity %", "AUC %", "training time", "DeLong p"):
         assert column in header
-    assert len([line for line in text.splitlines() if line.startswith("| ")]) == 1 + 4
+    main_table = text.split("\n\n")[0].splitlines()
+    assert len(main_table) == 2 + 4  # header, rule, one row per run
+    assert "Operating points" in text
 
 
 @pytest.mark.parametrize("spec, message", [("folds=3,5", "cannot vary"), ("max_iteration=1,2", "unknown setting"), ("lr", "expects field=v1,v2")])
 def test_bad_grids_are_refused_before_any_run(spec, message):
     with pytest.raises(CxrError, match=message):
         parse_grid([spec])
+
+
+def test_operating_points_say_where_their_threshold_came_from(sweep):
+    store, _, run_ids = sweep
+    points = {p["name"]: p for p in table3(store, run_ids[-1:], min_sensitivity=0.8)[0]["operating_points"]}
+    assert set(points) == {"0.5", "youden", "youden (cross-fitted)", "sensitivity>=0.8", "sensitivity>=0.8 (cross-fitted)"}
+    assert points["0.5"]["chosen_on"] == "fixed" and points["0.5"]["threshold"] == 0.5
+    assert "optimistic" in points["youden"]["chosen_on"] and "other folds" in points["youden (cross-fitted)"]["chosen_on"]
+    assert points["sensitivity>=0.8"]["sensitivity"] >= 0.8
+    for p in points.values():
+        assert p["tp"] + p["fn"] + p["fp"] + p["tn"] == 24
+        assert p["sensitivity_ci_low"] <= p["sensitivity"] <= p["sensitivity_ci_high"]
+
+
+def test_report_has_per_fold_rates_calibration_and_a_patient_bootstrap_roc_band(sweep):
+    from core.report import roc_with_band
+
+    store, _, run_ids = sweep
+    row = table3(store, run_ids[-1:])[0]
+    for name in ("accuracy", "sensitivity", "specificity", "ppv", "npv"):
+        assert set(row["per_fold"][name]) == {"mean", "sd"}
+    assert 0 <= row["calibration"]["brier"] <= 1 and sum(b["count"] for b in row["calibration"]["bins"]) == 24
+    band = roc_with_band(store, run_ids[-1], n_boot=50)
+    assert band["resampled"] == "images"  # class folders carry no patient ids
+    assert len(band["fpr"]) == len(band["tpr"]) == len(band["low"]) == len(band["high"])
