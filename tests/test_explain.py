@@ -72,3 +72,18 @@ def test_a_capped_gallery_still_covers_every_outcome():
     chosen = pick_for_gallery(outcomes, probs, 8)
     assert len(chosen) == 8 and {outcomes[i] for i in chosen} == {"TP", "TN", "FP", "FN"}
     assert len(pick_for_gallery(outcomes, probs, 0)) == len(outcomes)
+
+
+def test_a_model_trained_on_demo_data_points_at_the_effusion_more_often_than_chance(tmp_path):
+    """Fails if Grad-CAM were taken from the wrong place or misaligned: the score would fall to chance."""
+    from core.config import preset
+    from core.data.phantom import make_demo_dataset
+    from core.engine import run_cross_validation
+    from core.store import Store
+
+    make_demo_dataset(tmp_path / "demo", n_per_class=60, size=128, seed=3)
+    cfg = preset("quick").replace(data=str(tmp_path / "demo"), weights="none", folds=2, max_iterations=40, device="cpu")
+    store = Store(tmp_path / "runs")
+    run = store.run(run_cross_validation(cfg, store=store).run_id)
+    assert run["pointing_game"] > run["pointing_chance"] + 0.1, (run["pointing_game"], run["pointing_chance"])
+    assert run["energy_in_mask"] > run["energy_chance"]
