@@ -47,3 +47,47 @@ def runs_table(runs_dir: Path) -> pd.DataFrame:
         "started": runs["created_at"],
     })
     return table
+
+
+def run_options(runs_dir: Path) -> dict[str, str]:
+    """Finished runs as {run_id: label} for a select box, newest first."""
+    runs = Store(Path(runs_dir)).list_runs()
+    runs = runs[runs["status"] == "finished"] if not runs.empty else runs
+    return {r.run_id: f"{r.name or r.run_id} · AUC {r.auc:.3f} · {r.preset}" for r in runs.itertuples()}
+
+
+def run_detail(runs_dir: Path, run_id: str) -> dict:
+    """Everything the run-detail view shows, computed from the store (no training code involved)."""
+    import json
+
+    from core.report import roc_with_band, run_row
+
+    store = Store(Path(runs_dir))
+    run = store.run(run_id)
+    row, _, _ = run_row(store, run_id)
+    classes = json.loads(run["classes"])
+    folds = store.folds(run_id)
+    return {
+        "run": run,
+        "row": row,
+        "classes": classes,
+        "positive": run["positive_class"],
+        "negative": next((c for c in classes if c != run["positive_class"]), "rest") if len(classes) == 2 else "rest",
+        "folds": folds[["fold", "n_train", "n_test", "iterations", "accuracy", "sensitivity", "specificity", "auc", "train_seconds"]],
+        "curve": store.iterations(run_id),
+        "roc": roc_with_band(store, run_id, n_boot=300),
+        "config": json.loads(run["config"]),
+    }
+
+
+def threshold_rates(runs_dir: Path, run_id: str, threshold: float) -> dict:
+    """Sensitivity, specificity, PPV and NPV with Wilson intervals at a user-chosen threshold."""
+    import json
+
+    from core.stats import at_threshold
+
+    store = Store(Path(runs_dir))
+    run = store.run(run_id)
+    preds = store.predictions(run_id)
+    pos = json.loads(run["classes"]).index(run["positive_class"])
+    return at_threshold(preds["label_index"].to_numpy() == pos, preds["prob_positive"].to_numpy(dtype=float), threshold)

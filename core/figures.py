@@ -1,0 +1,98 @@
+"""Plotly figures for the dashboard and HTML exports: titled, labelled, with units, in colour-blind-safe colours.
+
+Colours are the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"), which stays
+distinguishable under the common colour-vision deficiencies.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+TEMPLATE = "plotly_dark"
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template=TEMPLATE, legend_title_text="",
+                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
+                      margin=dict(l=60, r=20, t=60, b=50), height=480)
+    return fig
+
+
+def training_curves(curve: pd.DataFrame, *, metric: str = "loss", smoothing: float = 0.9) -> go.Figure:
+    """Mini-batch `metric` per iteration (faint), its exponential smoothing (bold) and held-out points, one colour per fold."""
+    fig = go.Figure()
+    for k, (fold, rows) in enumerate(curve.groupby("fold")):
+        colour = OKABE_ITO[k % len(OKABE_ITO)]
+        train = rows[rows["phase"] == "train"].sort_values("iteration")
+        held = rows[rows["phase"] == "heldout"].sort_values("iteration")
+        values = train[metric].to_numpy(dtype=float)
+        smooth = pd.Series(values).ewm(alpha=1 - smoothing).mean()
+        fig.add_scatter(x=train["iteration"], y=values, mode="lines", line=dict(color=colour, width=1), opacity=0.3,
+                        name=f"fold {fold + 1} mini-batch", showlegend=False)
+        fig.add_scatter(x=train["iteration"], y=smooth, mode="lines", line=dict(color=colour, width=2), name=f"fold {fold + 1} (smoothed)")
+        fig.add_scatter(x=held["iteration"], y=held[metric], mode="markers", marker=dict(color=colour, size=8, symbol="diamond"),
+                        name=f"fold {fold + 1} held-out")
+    label = "cross-entropy loss" if metric == "loss" else "accuracy (fraction)"
+    return _layout(fig, f"Training progress: {metric}", "iteration", label)
+
+
+def forest(folds: pd.DataFrame, *, pooled: float, mean: float) -> go.Figure:
+    """Per-fold AUC as points, with the pooled and the mean per-fold AUC as reference lines."""
+    fig = go.Figure()
+    fig.add_scatter(x=folds["auc"], y=[f"fold {f + 1}" for f in folds["fold"]], mode="markers",
+                    marker=dict(color=OKABE_ITO[4], size=10), name="fold AUC")
+    fig.add_vline(x=pooled, line=dict(color=OKABE_ITO[0], dash="dash"), annotation_text=f"pooled {pooled:.3f}")
+    fig.add_vline(x=mean, line=dict(color=OKABE_ITO[2], dash="dot"), annotation_text=f"mean of folds {mean:.3f}",
+                  annotation_position="bottom right")
+    fig.update_yaxes(autorange="reversed")
+    return _layout(fig, "AUC per fold", "AUC (area under the ROC curve)", "held-out fold")
+
+
+def confusion_matlab(tp: int, fn: int, fp: int, tn: int, *, positive: str, negative: str) -> go.Figure:
+    """The study's MATLAB confusionchart layout: rows = predicted, columns = true, with row and column summaries (%)."""
+    cells = np.array([[tn, fn], [fp, tp]])  # rows: predicted negative, predicted positive
+    total = cells.sum()
+    text = [[f"{cells[i, j]}<br>{100 * cells[i, j] / total:.1f} %" for j in range(2)] for i in range(2)]
+    col_ok = [tn / max(tn + fp, 1), tp / max(tp + fn, 1)]  # specificity, sensitivity
+    row_ok = [tn / max(tn + fn, 1), tp / max(tp + fp, 1)]  # NPV, PPV
+    z = [[1, 0], [0, 1]]
+    fig = go.Figure(go.Heatmap(z=z, x=[negative, positive], y=[negative, positive], text=text, texttemplate="%{text}",
+                               colorscale=[[0, "#3b2a1e"], [1, "#0b3d5c"]], showscale=False, hoverinfo="skip"))
+    annotations = [dict(x=c, y=1.55, text=f"{100 * v:.1f} % correct", showarrow=False) for c, v in zip([negative, positive], col_ok)]
+    annotations += [dict(x=1.55, y=r, text=f"{100 * v:.1f} %", showarrow=False, xanchor="left") for r, v in zip([negative, positive], row_ok)]
+    fig.update_layout(annotations=annotations)
+    fig.update_yaxes(autorange="reversed")
+    _layout(fig, f"Pooled confusion matrix (accuracy {100 * (tp + tn) / total:.1f} %)", "true class", "predicted class")
+    fig.update_layout(margin=dict(l=120, r=120, t=80, b=50))
+    return fig
+
+
+def roc(band: dict, *, auc: float, ci: tuple[float, float], points: list[dict] | None = None, name: str = "pooled ROC") -> go.Figure:
+    """ROC with its bootstrap band and operating points."""
+    fig = go.Figure()
+    fig.add_scatter(x=band["fpr"], y=band["high"], mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip")
+    fig.add_scatter(x=band["fpr"], y=band["low"], mode="lines", line=dict(width=0), fill="tonexty",
+                    fillcolor="rgba(86,180,233,0.25)", name=f"95 % band (bootstrap over {band.get('resampled', 'images')})")
+    fig.add_scatter(x=band["fpr"], y=band["tpr"], mode="lines", line=dict(color=OKABE_ITO[1], width=3),
+                    name=f"{name}: AUC {auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f})")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"), name="chance")
+    for k, p in enumerate(points or []):
+        fig.add_scatter(x=[1 - p["specificity"]], y=[p["sensitivity"]], mode="markers",
+                        marker=dict(size=11, color=OKABE_ITO[(k + 5) % len(OKABE_ITO)], symbol="x"),
+                        name=f"{p['name']} (t = {p['threshold']:.2f})")
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.01])
+    return _layout(fig, "ROC curve (pooled out-of-fold predictions)", "1 - specificity (false-positive rate)", "sensitivity (true-positive rate)")
+
+
+def calibration_plot(bins: list[dict], *, brier: float) -> go.Figure:
+    df = pd.DataFrame(bins)
+    fig = go.Figure()
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"), name="perfect calibration")
+    if not df.empty:
+        fig.add_scatter(x=df["mean_predicted"], y=df["observed"], mode="lines+markers", marker=dict(size=6 + 20 * df["count"] / df["count"].max()),
+                        line=dict(color=OKABE_ITO[2]), name="observed", text=df["count"], hovertemplate="n = %{text}")
+    return _layout(fig, f"Calibration (Brier score {brier:.3f})", "mean predicted probability of the positive class", "observed share of positives")

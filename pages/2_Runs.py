@@ -1,0 +1,72 @@
+"""Runs: pick a finished run and read its folds, curves, confusion matrix, ROC, threshold and calibration."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core import CxrError
+from core import figures
+from core.dashboard import run_detail, run_options, threshold_rates
+
+RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+
+st.set_page_config(page_title="Runs · cxr-transfer", layout="wide")
+st.title("Runs")
+
+options = run_options(RUNS_DIR)
+if not options:
+    st.info("No finished run yet. Start one: `python -m core run --preset quick --data data/demo`.")
+    st.stop()
+run_id = st.selectbox("Run", list(options), format_func=options.get, key="runs_run")
+try:
+    d = run_detail(RUNS_DIR, run_id)
+except CxrError as exc:
+    st.error(str(exc))
+    st.stop()
+row, run = d["row"], d["run"]
+if row["synthetic"]:
+    st.warning("Data: SYNTHETIC demo phantom images, not real radiographs.")
+if str(run["weights_used"]).startswith("none"):
+    st.caption(f"Weights: {run['weights_used']} (trained from scratch, not transfer learning).")
+
+cols = st.columns(5)
+cols[0].metric("AUC (pooled)", f"{row['auc']:.3f}", help=f"95 % DeLong CI {row['auc_ci_low']:.3f}-{row['auc_ci_high']:.3f}")
+cols[1].metric("AUC (mean of folds)", f"{row['auc_mean_folds']:.3f}", help=f"SD {row['auc_sd_folds']:.3f}")
+cols[2].metric("Accuracy", f"{100 * row['accuracy']:.1f} %")
+cols[3].metric("Sensitivity", f"{100 * row['sensitivity']:.1f} %")
+cols[4].metric("Specificity", f"{100 * row['specificity']:.1f} %")
+st.caption("Pooled = all out-of-fold predictions in one ROC, as the study reports; the mean of per-fold AUCs is usually higher.")
+
+left, right = st.columns(2)
+c = row["confusion"]
+left.plotly_chart(figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=d["positive"], negative=d["negative"]), use_container_width=True)
+ops = [p for p in row["operating_points"] if "cross-fitted" not in p["name"]]
+right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], row["auc_ci_high"]), points=ops), use_container_width=True)
+
+st.subheader("Threshold")
+threshold = st.slider("Call positive when the probability is at least", 0.0, 1.0, 0.5, 0.01, key="runs_threshold")
+rates = threshold_rates(RUNS_DIR, run_id, threshold)
+st.dataframe(pd.DataFrame([
+    {"measure": name, "value %": round(100 * rates[name], 1),
+     "95 % CI (Wilson)": f"{100 * rates[name + '_ci_low']:.1f}-{100 * rates[name + '_ci_high']:.1f}"}
+    for name in ("sensitivity", "specificity", "ppv", "npv", "accuracy")
+]), hide_index=True)
+
+st.subheader("Folds")
+left, right = st.columns(2)
+left.dataframe(d["folds"], hide_index=True)
+right.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), use_container_width=True)
+
+st.subheader("Training curves")
+metric = st.radio("Measure", ["loss", "accuracy"], horizontal=True, key="runs_metric")
+st.plotly_chart(figures.training_curves(d["curve"], metric=metric), use_container_width=True)
+
+st.subheader("Calibration")
+st.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), use_container_width=True)
+
+with st.expander("Configuration"):
+    st.json(d["config"])

@@ -1,0 +1,52 @@
+"""Dashboard pages against a tiny finished run in a temporary runs folder (AppTest, no browser)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from core.config import RunConfig
+from core.engine import run_cross_validation
+from core.store import Store
+
+from conftest import blob_dataset
+
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pages")
+    data = blob_dataset(root / "data", n_per_class=12)
+    cfg = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, max_iterations=4, folds=3, eval_every=2,
+                    optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data))
+    store = Store(root / "runs")
+    result = run_cross_validation(cfg, store=store, name="tiny run")
+    return store, result
+
+
+def test_runs_page_shows_the_run_metrics_folds_and_threshold_rates(finished_run, monkeypatch):
+    store, result = finished_run
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "2_Runs.py"), default_timeout=120).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["AUC (pooled)"] == f"{result.metrics['auc']:.3f}"
+    assert metrics["Accuracy"] == f"{100 * result.metrics['accuracy']:.1f} %"
+    tables = [df.value for df in at.dataframe]
+    rates = next(t for t in tables if "measure" in t.columns)
+    assert rates["measure"].tolist() == ["sensitivity", "specificity", "ppv", "npv", "accuracy"]
+    folds = next(t for t in tables if "fold" in t.columns)
+    assert folds["fold"].tolist() == [0, 1, 2]
+    # moving the threshold to 1.0 calls (almost) nothing positive: sensitivity drops to the share scored exactly 1
+    at.slider(key="runs_threshold").set_value(1.0).run()
+    rates_after = next(df.value for df in at.dataframe if "measure" in df.value.columns)
+    assert rates_after.set_index("measure").loc["specificity", "value %"] == 100.0
+
+
+def test_runs_page_without_runs_says_how_to_start_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path))
+    at = AppTest.from_file(str(PAGES / "2_Runs.py"), default_timeout=60).run()
+    assert not at.exception and "No finished run yet" in at.info[0].value
