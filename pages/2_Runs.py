@@ -58,7 +58,7 @@ st.dataframe(pd.DataFrame([
 
 st.subheader("Folds")
 left, right = st.columns(2)
-left.dataframe(d["folds"], hide_index=True)
+left.dataframe(d["folds"].assign(fold=d["folds"]["fold"] + 1), hide_index=True)  # folds numbered from 1, as in the plots
 right.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), use_container_width=True)
 
 st.subheader("Training curves")

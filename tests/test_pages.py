@@ -39,7 +39,7 @@ def test_runs_page_shows_the_run_metrics_folds_and_threshold_rates(finished_run,
     rates = next(t for t in tables if "measure" in t.columns)
     assert rates["measure"].tolist() == ["sensitivity", "specificity", "ppv", "npv", "accuracy"]
     folds = next(t for t in tables if "fold" in t.columns)
-    assert folds["fold"].tolist() == [0, 1, 2]
+    assert folds["fold"].tolist() == [1, 2, 3]  # numbered from 1, as in the plots
     # moving the threshold to 1.0 calls (almost) nothing positive: sensitivity drops to the share scored exactly 1
     at.slider(key="runs_threshold").set_value(1.0).run()
     rates_after = next(df.value for df in at.dataframe if "measure" in df.value.columns)
