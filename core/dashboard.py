@@ -91,3 +91,28 @@ def threshold_rates(runs_dir: Path, run_id: str, threshold: float) -> dict:
     preds = store.predictions(run_id)
     pos = json.loads(run["classes"]).index(run["positive_class"])
     return at_threshold(preds["label_index"].to_numpy() == pos, preds["prob_positive"].to_numpy(dtype=float), threshold)
+
+
+def sweep_options(runs_dir: Path) -> dict[str, str]:
+    df = Store(Path(runs_dir)).query(
+        "SELECT sweep_id, count(*) AS n, min(created_at) AS started FROM runs WHERE sweep_id IS NOT NULL AND status = 'finished' "
+        "GROUP BY sweep_id ORDER BY started DESC")
+    return {} if df.empty else {r.sweep_id: f"{r.sweep_id} ({r.n} runs)" for r in df.itertuples()}
+
+
+def comparison(runs_dir: Path, run_ids: list[str]) -> dict:
+    """Table 3 rows (first run = reference), a display table, and each run's ROC for overlaying."""
+    from core.report import roc_with_band, table3, table_cells
+
+    store = Store(Path(runs_dir))
+    rows = table3(store, run_ids)
+    header, body = table_cells(rows)
+    curves = [(r["name"], roc_with_band(store, r["run_id"], n_boot=0), r["auc"]) for r in rows]
+    return {"rows": rows, "table": pd.DataFrame(body, columns=header).assign(run=[r["name"] for r in rows]), "curves": curves,
+            "varies": sorted(rows[0]["varies"])}
+
+
+def sweep_runs(runs_dir: Path, sweep_id: str) -> list[str]:
+    from core.report import sweep_run_ids
+
+    return sweep_run_ids(Store(Path(runs_dir)), sweep_id)

@@ -66,7 +66,7 @@ def confusion_matlab(tp: int, fn: int, fp: int, tn: int, *, positive: str, negat
     fig.update_layout(annotations=annotations)
     fig.update_yaxes(autorange="reversed")
     _layout(fig, f"Pooled confusion matrix (accuracy {100 * (tp + tn) / total:.1f} %)", "true class", "predicted class")
-    fig.update_layout(margin=dict(l=120, r=120, t=80, b=50))
+    fig.update_layout(margin=dict(l=110, r=70, t=80, b=50), xaxis=dict(domain=[0, 0.85]))
     return fig
 
 
@@ -96,3 +96,26 @@ def calibration_plot(bins: list[dict], *, brier: float) -> go.Figure:
         fig.add_scatter(x=df["mean_predicted"], y=df["observed"], mode="lines+markers", marker=dict(size=6 + 20 * df["count"] / df["count"].max()),
                         line=dict(color=OKABE_ITO[2]), name="observed", text=df["count"], hovertemplate="n = %{text}")
     return _layout(fig, f"Calibration (Brier score {brier:.3f})", "mean predicted probability of the positive class", "observed share of positives")
+
+
+def roc_overlay(curves: list[tuple[str, dict, float]]) -> go.Figure:
+    """Several runs' pooled ROC curves (name, band dict, AUC) on one chart."""
+    fig = go.Figure()
+    for k, (name, band, auc) in enumerate(curves):
+        fig.add_scatter(x=band["fpr"], y=band["tpr"], mode="lines", line=dict(color=OKABE_ITO[k % len(OKABE_ITO)], width=2.5),
+                        name=f"{name}: AUC {auc:.3f}")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"), name="chance")
+    fig.update_xaxes(range=[0, 1])
+    fig.update_yaxes(range=[0, 1.01])
+    return _layout(fig, "ROC curves (pooled out-of-fold predictions)", "1 - specificity (false-positive rate)", "sensitivity (true-positive rate)")
+
+
+def accuracy_vs_time(rows: list[dict]) -> go.Figure:
+    """Accuracy (with its Wilson interval) against training time, one point per run."""
+    fig = go.Figure()
+    for k, r in enumerate(rows):
+        fig.add_scatter(x=[r["train_seconds"] / 60], y=[100 * r["accuracy"]], mode="markers",
+                        marker=dict(size=12, color=OKABE_ITO[k % len(OKABE_ITO)]), name=r["name"],
+                        error_y=dict(type="data", symmetric=False, array=[100 * (r["accuracy_ci_high"] - r["accuracy"])],
+                                     arrayminus=[100 * (r["accuracy"] - r["accuracy_ci_low"])]))
+    return _layout(fig, "Accuracy against training time", "training time (minutes, all folds)", "accuracy (%, 95 % Wilson CI)")

@@ -99,6 +99,7 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
     row["train_seconds"] = float(run["train_seconds"])
     row["confusion"] = {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
     row["config"] = json.loads(run["config"])
+    row["classes"], row["positive_class"] = classes, run["positive_class"]
     row["operating_points"] = operating_points(y, scores, preds["fold"].to_numpy(), min_sensitivity=min_sensitivity)
     if run.get("pointing_game") is not None and np.isfinite(run["pointing_game"]):
         for key in ("pointing_game", "pointing_chance", "energy_in_mask", "energy_chance"):
@@ -158,7 +159,7 @@ def _p(v: float | None) -> str:
     return "<0.001" if v < 0.001 else f"{v:.3f}"
 
 
-def _cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     varying = list(rows[0]["varies"])
     header = [*varying, "accuracy % (95% CI)", "sensitivity % (95% CI)", "specificity % (95% CI)", "AUC % (95% CI, DeLong)",
               "per-fold AUC % mean ± SD", "training time", "DeLong p vs first", "Holm p"]
@@ -187,7 +188,7 @@ def _footer(rows: list[dict]) -> str:
 
 
 def to_markdown(rows: list[dict]) -> str:
-    header, body = _cells(rows)
+    header, body = table_cells(rows)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cells) + " |" for cells in body]
     lines += ["", _footer(rows), "", "Operating points (threshold on the positive-class probability):", ""]
@@ -201,7 +202,7 @@ def to_markdown(rows: list[dict]) -> str:
 
 
 def to_html(rows: list[dict]) -> str:
-    header, body = _cells(rows)
+    header, body = table_cells(rows)
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     trs = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>" for cells in body)
     return (f"<!doctype html><meta charset='utf-8'><title>cxr-transfer report</title>"

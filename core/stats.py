@@ -124,13 +124,11 @@ def roc_band(
             continue
         curves.append(_tpr_at(y[idx], s[idx], fpr_grid))
     tails = (1 - level) / 2
+    tpr = _tpr_at(y, s, fpr_grid)
+    if not curves:  # n_boot = 0: the curve alone
+        return {"fpr": fpr_grid, "tpr": tpr, "low": tpr.copy(), "high": tpr.copy()}
     curves = np.array(curves)
-    return {
-        "fpr": fpr_grid,
-        "tpr": _tpr_at(y, s, fpr_grid),
-        "low": np.quantile(curves, tails, axis=0),
-        "high": np.quantile(curves, 1 - tails, axis=0),
-    }
+    return {"fpr": fpr_grid, "tpr": tpr, "low": np.quantile(curves, tails, axis=0), "high": np.quantile(curves, 1 - tails, axis=0)}
 
 
 def _tpr_at(y: np.ndarray, s: np.ndarray, fpr_grid: np.ndarray) -> np.ndarray:

@@ -50,3 +50,19 @@ def test_runs_page_without_runs_says_how_to_start_one(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path))
     at = AppTest.from_file(str(PAGES / "2_Runs.py"), default_timeout=60).run()
     assert not at.exception and "No finished run yet" in at.info[0].value
+
+
+def test_compare_page_shows_table3_for_a_sweep(tmp_path, monkeypatch):
+    from core.sweep import parse_grid, run_sweep
+
+    data = blob_dataset(tmp_path / "data", n_per_class=9)
+    base = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, folds=3, eval_every=2,
+                     optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data), gradcam=False)
+    store = Store(tmp_path / "runs")
+    sweep_id, results = run_sweep(base, parse_grid(["max_iterations=1,3"]), store=store)
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "3_Compare.py"), default_timeout=120).run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table.index) == ["max_iterations=1", "max_iterations=3"]
+    assert "DeLong p vs first" in table.columns and table["DeLong p vs first"].iloc[0] == "-"

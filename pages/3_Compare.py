@@ -1,0 +1,56 @@
+"""Compare: two or more runs, or a sweep, in the study's Table 3 layout with intervals, DeLong p-values and overlaid ROC curves."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from core import CxrError
+from core import figures
+from core.dashboard import comparison, run_options, sweep_options, sweep_runs
+
+RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+
+st.set_page_config(page_title="Compare · cxr-transfer", layout="wide")
+st.title("Compare runs")
+
+runs = run_options(RUNS_DIR)
+sweeps = sweep_options(RUNS_DIR)
+mode = st.radio("Compare", ["a sweep", "chosen runs"] if sweeps else ["chosen runs"], horizontal=True, key="compare_mode")
+if mode == "a sweep":
+    sweep_id = st.selectbox("Sweep", list(sweeps), format_func=sweeps.get, key="compare_sweep")
+    run_ids = sweep_runs(RUNS_DIR, sweep_id)
+else:
+    run_ids = st.multiselect("Runs (the first is the reference row)", list(runs), format_func=runs.get, key="compare_runs")
+if len(run_ids) < 2:
+    st.info("Choose at least two finished runs (or a sweep) to compare.")
+    st.stop()
+try:
+    c = comparison(RUNS_DIR, run_ids)
+except CxrError as exc:
+    st.error(str(exc))
+    st.stop()
+
+if any(r["synthetic"] for r in c["rows"]):
+    st.warning("Data: SYNTHETIC demo phantom images, not real radiographs.")
+st.subheader("Table 3")
+st.caption("Pooled out-of-fold predictions; Wilson intervals for proportions, DeLong for AUC; "
+           "p: paired DeLong test against the first row on the same images, Holm-adjusted.")
+table = c["table"].set_index("run")
+st.dataframe(table.style.set_properties(subset=c["varies"], **{"background-color": "#3b3b1e", "font-weight": "bold"}) if c["varies"] else table)
+if c["varies"]:
+    st.caption(f"Settings that differ between these runs (highlighted): {', '.join(c['varies'])}")
+
+left, right = st.columns(2)
+left.plotly_chart(figures.roc_overlay(c["curves"]), use_container_width=True)
+right.plotly_chart(figures.accuracy_vs_time(c["rows"]), use_container_width=True)
+
+st.subheader("Confusion matrices")
+cols = st.columns(2)
+for k, r in enumerate(c["rows"]):
+    m = r["confusion"]
+    negative = next((x for x in r["classes"] if x != r["positive_class"]), "rest") if len(r["classes"]) == 2 else "rest"
+    fig = figures.confusion_matlab(m["tp"], m["fn"], m["fp"], m["tn"], positive=r["positive_class"], negative=negative)
+    cols[k % 2].plotly_chart(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"), use_container_width=True)
