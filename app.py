@@ -40,4 +40,4 @@ runs = runs_table(RUNS_DIR)
 if runs.empty:
     st.info("No runs yet. Start one from the command line (above); it appears here when it starts.")
 else:
-    st.dataframe(runs, hide_index=True, use_container_width=True)
+    st.dataframe(runs, hide_index=True, width="stretch")

@@ -116,3 +116,48 @@ def sweep_runs(runs_dir: Path, sweep_id: str) -> list[str]:
     from core.report import sweep_run_ids
 
     return sweep_run_ids(Store(Path(runs_dir)), sweep_id)
+
+
+def gallery(runs_dir: Path, run_id: str, *, outcomes: list[str], target: str = "predicted", fold: int | None = None,
+            limit: int = 24, display: int = 256) -> list[dict]:
+    """Gallery items sorted by confidence: original and heat map as arrays, with outcome, probability and localisation."""
+    import numpy as np
+    from PIL import Image
+
+    from core.data.decode import DecodeError, decode_gray
+
+    store = Store(Path(runs_dir))
+    run = store.run(run_id)
+    cams = store.cams(run_id)
+    if cams.empty:
+        return []
+    cams = cams[(cams["target"] == target) & cams["outcome"].isin(outcomes)]
+    if fold is not None:
+        cams = cams[cams["fold"] == fold]
+    cams = cams.assign(confidence=(cams["prob_positive"] - 0.5).abs()).sort_values("confidence", ascending=False).head(limit)
+    images = store.images(run["dataset_id"]).set_index("image_id")
+    loaded: dict[str, np.lib.npyio.NpzFile] = {}
+    items = []
+    for r in cams.itertuples():
+        if r.artifact not in loaded:
+            loaded[r.artifact] = np.load(Path(runs_dir) / r.artifact)
+        npz = loaded[r.artifact]
+        try:
+            gray = decode_gray(images.loc[r.image_id, "path"], display)
+        except DecodeError as exc:  # the data set moved since the run: say so instead of failing the page
+            gray = np.zeros((display, display), np.uint8)
+            note = f"image unavailable ({exc})"
+        else:
+            note = ""
+        mask = None
+        mask_path = images.loc[r.image_id, "mask_path"]
+        if mask_path and Path(mask_path).is_file():
+            with Image.open(mask_path) as m:
+                mask = np.asarray(m.convert("L").resize((display, display), Image.NEAREST)) > 127
+        items.append({"image_id": r.image_id, "outcome": r.outcome, "prob_positive": r.prob_positive, "fold": int(r.fold),
+                      "gray": gray, "cam": npz[target][r.slot], "mask": mask,
+                      "pointing_hit": None if pd.isna(r.pointing_hit) else bool(r.pointing_hit),
+                      "energy_in_mask": None if pd.isna(r.energy_in_mask) else float(r.energy_in_mask), "note": note})
+    for npz in loaded.values():
+        npz.close()
+    return items

@@ -43,9 +43,9 @@ st.caption("Pooled = all out-of-fold predictions in one ROC, as the study report
 
 left, right = st.columns(2)
 c = row["confusion"]
-left.plotly_chart(figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=d["positive"], negative=d["negative"]), use_container_width=True)
+left.plotly_chart(figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=d["positive"], negative=d["negative"]), width="stretch")
 ops = [p for p in row["operating_points"] if "cross-fitted" not in p["name"]]
-right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], row["auc_ci_high"]), points=ops), use_container_width=True)
+right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], row["auc_ci_high"]), points=ops), width="stretch")
 
 st.subheader("Threshold")
 threshold = st.slider("Call positive when the probability is at least", 0.0, 1.0, 0.5, 0.01, key="runs_threshold")
@@ -59,14 +59,14 @@ st.dataframe(pd.DataFrame([
 st.subheader("Folds")
 left, right = st.columns(2)
 left.dataframe(d["folds"].assign(fold=d["folds"]["fold"] + 1), hide_index=True)  # folds numbered from 1, as in the plots
-right.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), use_container_width=True)
+right.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), width="stretch")
 
 st.subheader("Training curves")
 metric = st.radio("Measure", ["loss", "accuracy"], horizontal=True, key="runs_metric")
-st.plotly_chart(figures.training_curves(d["curve"], metric=metric), use_container_width=True)
+st.plotly_chart(figures.training_curves(d["curve"], metric=metric), width="stretch")
 
 st.subheader("Calibration")
-st.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), use_container_width=True)
+st.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), width="stretch")
 
 with st.expander("Configuration"):
     st.json(d["config"])

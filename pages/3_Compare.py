@@ -44,8 +44,8 @@ if c["varies"]:
     st.caption(f"Settings that differ between these runs (highlighted): {', '.join(c['varies'])}")
 
 left, right = st.columns(2)
-left.plotly_chart(figures.roc_overlay(c["curves"]), use_container_width=True)
-right.plotly_chart(figures.accuracy_vs_time(c["rows"]), use_container_width=True)
+left.plotly_chart(figures.roc_overlay(c["curves"]), width="stretch")
+right.plotly_chart(figures.accuracy_vs_time(c["rows"]), width="stretch")
 
 st.subheader("Confusion matrices")
 cols = st.columns(2)
@@ -53,4 +53,4 @@ for k, r in enumerate(c["rows"]):
     m = r["confusion"]
     negative = next((x for x in r["classes"] if x != r["positive_class"]), "rest") if len(r["classes"]) == 2 else "rest"
     fig = figures.confusion_matlab(m["tp"], m["fn"], m["fp"], m["tn"], positive=r["positive_class"], negative=negative)
-    cols[k % 2].plotly_chart(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"), use_container_width=True)
+    cols[k % 2].plotly_chart(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"), width="stretch")

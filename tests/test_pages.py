@@ -66,3 +66,31 @@ def test_compare_page_shows_table3_for_a_sweep(tmp_path, monkeypatch):
     table = at.dataframe[0].value
     assert list(table.index) == ["max_iterations=1", "max_iterations=3"]
     assert "DeLong p vs first" in table.columns and table["DeLong p vs first"].iloc[0] == "-"
+
+
+def test_gradcam_page_shows_original_and_overlay_per_image(finished_run, monkeypatch):
+    store, result = finished_run
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "4_Grad-CAM.py"), default_timeout=120).run()
+    assert not at.exception
+    cams = store.cams(result.run_id)
+    shown = min(12, int((cams["target"] == "predicted").sum()))
+    assert len(at.get("image")) == 2 * shown  # original + overlay for each image
+    at.multiselect(key="cam_outcomes").set_value(["TN"]).run()
+    n_tn = int(((cams["target"] == "predicted") & (cams["outcome"] == "TN")).sum())
+    assert len(at.get("image")) == 2 * min(12, n_tn)
+
+
+def test_overlay_blends_a_resized_heat_map():
+    import numpy as np
+
+    from core.overlay import mask_outline, overlay
+
+    gray = np.zeros((8, 8), np.uint8)
+    cam = np.zeros((2, 2), np.uint8)
+    cam[1, 1] = 255
+    out = overlay(gray, cam, opacity=1.0)
+    assert out.shape == (8, 8, 3) and out[7, 7].tolist() == [253, 231, 37] and out[0, 0].tolist() == [68, 1, 84]
+    mask = np.zeros((6, 6), bool)
+    mask[1:5, 1:5] = True
+    assert mask_outline(mask).sum() == 12
