@@ -34,6 +34,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--name", default="", help="a human name for the run")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default: the preset's, auto)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+    run.add_argument("--run-id", default=None, help=argparse.SUPPRESS)  # set by background jobs that need the id up front
+    run.add_argument("--label-preset", default=None, help=argparse.SUPPRESS)  # the preset name to store, when --set carries all fields
 
     sweep = sub.add_parser("sweep", help="run the product of a grid of settings on identical splits")
     sweep.add_argument("--preset", default="quick", help="base preset (default quick)")
@@ -105,7 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     store = Store(args.runs_dir or default_runs_dir())
     reporter = ProgressReporter(disable=args.no_progress)
     try:
-        result = run_cross_validation(cfg, store=store, preset=args.preset, name=args.name, progress=reporter)
+        result = run_cross_validation(cfg, store=store, preset=args.label_preset or args.preset, name=args.name, progress=reporter,
+                                      run_id=args.run_id)
     finally:
         reporter.close()
     m = result.metrics

@@ -161,3 +161,28 @@ def gallery(runs_dir: Path, run_id: str, *, outcomes: list[str], target: str = "
     for npz in loaded.values():
         npz.close()
     return items
+
+
+def job_progress(runs_dir: Path, run_id: str) -> dict:
+    """Live state of a (background) run: status, iterations done of the budget, elapsed, ETA, the curve so far."""
+    import json
+
+    from core.jobs import is_alive, log_tail
+
+    store = Store(Path(runs_dir))
+    runs = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+    if runs.empty:  # still reading data, or failed before the run was created: the log says which
+        return {"status": "starting", "log": log_tail(runs_dir, run_id), "fraction": 0.0, "curve": pd.DataFrame()}
+    run = runs.iloc[0].to_dict()
+    cfg = json.loads(run["config"])
+    curve = store.iterations(run_id)
+    done = int((curve["phase"] == "train").sum()) if not curve.empty else 0
+    total = cfg["folds"] * cfg["max_iterations"] if cfg["max_iterations"] else None
+    status = run["status"]
+    if status == "running" and not is_alive(run["pid"]):
+        status = "interrupted"  # the process is gone without saying why (killed, power loss)
+    elapsed = float(curve.groupby("fold")["elapsed_s"].max().sum()) if not curve.empty else 0.0
+    fraction = min(1.0, done / total) if total else 0.0
+    eta = elapsed * (1 - fraction) / fraction if fraction > 0 and status == "running" else None
+    return {"status": status, "fraction": fraction, "done": done, "total": total, "elapsed_s": elapsed, "eta_s": eta,
+            "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": len(store.folds(run_id))}

@@ -94,3 +94,38 @@ def test_overlay_blends_a_resized_heat_map():
     mask = np.zeros((6, 6), bool)
     mask[1:5, 1:5] = True
     assert mask_outline(mask).sum() == 12
+
+
+def test_train_page_starts_a_background_run_that_lands_in_the_store(tmp_path, monkeypatch):
+    import time
+
+    data = blob_dataset(tmp_path / "data", n_per_class=6)
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
+    assert not at.exception
+    at.text_input(key="train_data").set_value(str(data))
+    for field, value in {"image_size": 32, "max_iterations": 2, "folds": 2, "batch_size": 4}.items():
+        at.number_input(key=f"train_quick_{field}").set_value(value)
+    at.button[0].click().run()  # the form's submit button
+    assert not at.exception and not at.error
+    run_id = at.session_state["train_job"]
+    store = Store(tmp_path / "runs")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        runs = store.list_runs()
+        if not runs.empty and runs["status"].iloc[0] != "running":
+            break
+        time.sleep(1)
+    run = store.run(run_id)
+    assert run["status"] == "finished" and run["preset"] == "quick"
+    assert '"image_size": 32' in run["config"] and '"max_iterations": 2' in run["config"]
+
+
+def test_train_page_refuses_bad_settings_with_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
+    at.number_input(key="train_quick_learning_rate").set_value(-1.0)
+    at.button[0].click().run()
+    assert not at.exception and "learning_rate must be greater than 0" in at.error[0].value
+    assert "train_job" not in at.session_state
