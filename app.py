@@ -7,7 +7,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.dashboard import demo_summary, make_demo, runs_table
+from core.dashboard import demo_summary, environment, make_demo, runs_table, start_quick_demo
 
 DEMO_DIR = Path(os.environ.get("CXR_DEMO_DIR", "data/demo"))
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
@@ -18,6 +18,16 @@ st.write(
     "Fine-tune ImageNet CNNs on chest radiographs with k-fold cross-validation, as in the published "
     "MATLAB study (ResNet-50, pleural effusion vs normal), and explore the results."
 )
+
+env = st.cache_data(ttl=60, show_spinner=False)(environment)()
+cols = st.columns(2)
+cols[0].markdown(f"**Device:** {'GPU ' + env['gpu'] if env['gpu'] else 'CPU only (no CUDA GPU visible)'} · torch {env['torch']}")
+missing = [name for name, cached in env["imagenet_cached"].items() if not cached]
+if missing:
+    cols[1].warning(
+        f"ImageNet weights are not available offline for: {', '.join(missing)}. The `quick` preset then trains from "
+        f"scratch (and says so); the `paper` preset will not start until the file is in `{env['cache_dir']}` "
+        "or a local weights file is chosen.")
 
 st.subheader("Demo data")
 summary = demo_summary(DEMO_DIR)
@@ -34,6 +44,10 @@ else:
     for col, (label, count) in zip(cols[1:], summary["per_class"].items()):
         col.metric(label, count)
     st.code(f"python -m core run --preset quick --data {DEMO_DIR}", language="bash")
+    if st.button("Start a quick demo run", key="home_quick_run", help="About 2.5 minutes on a 2-core CPU; runs in the background."):
+        st.session_state["train_job"] = start_quick_demo(RUNS_DIR, DEMO_DIR)
+        st.success(f"Started run {st.session_state['train_job']}; watch it on the Train page.")
+        st.page_link("pages/1_Train.py", label="Watch it train")
 
 st.subheader("Runs")
 runs = runs_table(RUNS_DIR)

@@ -186,3 +186,26 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     eta = elapsed * (1 - fraction) / fraction if fraction > 0 and status == "running" else None
     return {"status": status, "fraction": fraction, "done": done, "total": total, "elapsed_s": elapsed, "eta_s": eta,
             "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": len(store.folds(run_id))}
+
+
+def environment() -> dict:
+    """What this machine offers: GPU name (or None), versions, and which backbones have ImageNet weights cached."""
+    import torch
+
+    from core.models import BACKBONES, imagenet_available, imagenet_cache_file
+
+    return {
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+        "imagenet_cached": {name: imagenet_available(name) for name in BACKBONES},
+        "cache_dir": str(imagenet_cache_file("resnet50").parent),
+    }
+
+
+def start_quick_demo(runs_dir: Path, demo_dir: Path) -> str:
+    """Start the quick preset on the demo data in the background; returns the run id."""
+    from core.config import preset
+    from core.jobs import start_run
+
+    run_id, _ = start_run(preset("quick").replace(data=str(demo_dir)), runs_dir=Path(runs_dir), preset="quick", name="quick demo")
+    return run_id

@@ -36,3 +36,24 @@ def test_home_lists_a_stored_run(dirs):
     table: pd.DataFrame = at.dataframe[0].value
     assert table["run"].tolist() == ["20260101-000000-abcdef"]
     assert table["AUC % (pooled)"].tolist() == [91.23] and table["data"].tolist() == ["synthetic demo"]
+
+
+def test_home_says_whether_a_gpu_and_imagenet_weights_are_available(dirs, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(dirs / "torch_home"))  # an empty hub cache
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception
+    assert any("Device:" in m.value for m in at.markdown)
+    assert any("ImageNet weights are not available offline" in w.value and "resnet50" in w.value for w in at.warning)
+
+
+def test_home_starts_a_quick_demo_run_in_the_background(dirs, monkeypatch):
+    from core.data.phantom import make_demo_dataset
+
+    make_demo_dataset(dirs / "demo", n_per_class=4, size=64)
+    started = []
+    monkeypatch.setattr("core.jobs.start_run", lambda cfg, **kw: (started.append((cfg, kw)) or ("r-123", 1)))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.button(key="home_quick_run").click().run()
+    assert not at.exception and at.session_state["train_job"] == "r-123"
+    cfg, kw = started[0]
+    assert cfg.data == str(dirs / "demo") and kw["preset"] == "quick"
