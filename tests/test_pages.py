@@ -129,3 +129,27 @@ def test_train_page_refuses_bad_settings_with_a_message(tmp_path, monkeypatch):
     at.button[0].click().run()
     assert not at.exception and "learning_rate must be greater than 0" in at.error[0].value
     assert "train_job" not in at.session_state
+
+
+def test_data_page_shows_balance_exclusions_and_folds(tmp_path, monkeypatch):
+    data = blob_dataset(tmp_path / "data", n_per_class=10)
+    (data / "Normal" / "broken.png").write_bytes(b"not a png")
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(PAGES / "0_Data.py"), default_timeout=120).run()
+    at.radio(key="data_kind").set_value("folders").run()
+    at.text_input(key="data_path").set_value(str(data)).run()
+    at.number_input(key="data_folds").set_value(5).run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Usable images"] == "20" and metrics["Excluded files"] == "1" and metrics["Patients"] == "unknown"
+    excluded = at.dataframe[-1].value
+    assert excluded["excluded_reason"].tolist() == ["not an image (format not recognised)"]
+    folds = at.dataframe[0].value
+    assert len(folds) == 5 and folds.to_numpy().sum() == 20
+
+
+def test_data_page_explains_a_bad_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(PAGES / "0_Data.py"), default_timeout=60).run()
+    at.text_input(key="data_path").set_value(str(tmp_path / "missing")).run()
+    assert not at.exception and "does not exist" in at.error[0].value

@@ -1,0 +1,75 @@
+"""Data: choose a source, see samples per class, class balance, patients, excluded files and the fold assignment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from core import CxrError
+from core.dashboard import data_overview
+from core.figures import OKABE_ITO, TEMPLATE
+
+RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
+
+st.set_page_config(page_title="Data · cxr-transfer", layout="wide")
+st.title("Data")
+
+kind = st.radio("Source", ["demo", "folders", "csv"], horizontal=True, key="data_kind",
+                format_func={"demo": "demo folder", "folders": "one sub-folder per class", "csv": "CSV manifest"}.get)
+path = st.text_input("Path", DEMO_DIR if kind == "demo" else "", key="data_path",
+                     help="A folder (demo or class folders) or a .csv file; CSV paths are relative to the CSV.")
+options = {}
+if kind == "csv":
+    c1, c2, c3, c4 = st.columns(4)
+    options = {"path_column": c1.text_input("Path column", "path", key="data_pathcol"),
+               "label_column": c2.text_input("Label column", "label", key="data_labelcol"),
+               "group_column": c3.text_input("Patient column (optional)", "", key="data_groupcol"),
+               "positive_labels": c4.text_input("Positive label value(s), comma-separated (optional)", "", key="data_pos")}
+c1, c2 = st.columns(2)
+folds = c1.number_input("Folds (preview)", 2, 50, 10, key="data_folds")
+seed = c2.number_input("Seed", 0, 10**6, 0, key="data_seed")
+if not path:
+    st.info("Enter a path to look at a data set.")
+    st.stop()
+bar = st.progress(0.0, text="Reading images (decoded once, then cached)...")
+try:
+    d = data_overview(RUNS_DIR, data=path, source=kind, folds=int(folds), seed=int(seed),
+                      progress=lambda done, total: bar.progress(done / total, text=f"Reading images: {done} of {total}"), **options)
+except CxrError as exc:
+    bar.empty()
+    st.error(str(exc))
+    st.stop()
+bar.empty()
+if d["synthetic"]:
+    st.warning("SYNTHETIC demo phantom images, not real radiographs.")
+
+cols = st.columns(3)
+cols[0].metric("Usable images", d["n_images"])
+cols[1].metric("Patients", d["patients"] if d["patients"] is not None else "unknown")
+cols[2].metric("Excluded files", len(d["excluded"]))
+
+st.subheader("Samples")
+for label, images in d["samples"].items():
+    st.markdown(f"**{label}**")
+    st.image(images, width=110)
+
+left, right = st.columns(2)
+fig = px.bar(d["balance"], x="class", y="images", color="class", color_discrete_sequence=OKABE_ITO, template=TEMPLATE,
+             title="Class balance", labels={"images": "images (count)", "class": "class"})
+left.plotly_chart(fig, width="stretch")
+with right:
+    st.markdown("**Fold assignment (preview)**" + (" — grouped by patient" if d["patients"] is not None else " — images split independently (no patient ids)"))
+    if d["fold_error"]:
+        st.error(d["fold_error"])
+    else:
+        st.dataframe(d["folds"])
+
+st.subheader("Excluded files")
+if d["excluded"].empty:
+    st.caption("None: every file could be read.")
+else:
+    st.dataframe(d["excluded"], hide_index=True)
