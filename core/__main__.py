@@ -1,4 +1,4 @@
-"""Command line: `python -m core demo-data|run|sweep|report|runs|settings ...`.
+"""Command line: `python -m core demo-data|run|sweep|report|predict|runs|settings ...`.
 
 stdout carries only the result a script wants (a run id, a path, a table); progress bars,
 notices and errors go to stderr. Exit codes: 0 success, 2 a problem the user can fix (one
@@ -53,6 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     report.add_argument("--min-sensitivity", type=float, default=0.9, help="operating point: the highest threshold with at least this sensitivity")
     _common(report)
 
+    predict = sub.add_parser("predict", help="classify one image with a finished run's fold models (needs save_models=true)")
+    predict.add_argument("run_id")
+    predict.add_argument("image", type=Path, help="PNG or JPEG")
+    predict.add_argument("--threshold", type=float, default=0.5)
+    _common(predict)
+
     runs = sub.add_parser("runs", help="list the runs in the store")
     _common(runs)
 
@@ -69,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return {"demo-data": cmd_demo_data, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "runs": cmd_runs,
+        return {"demo-data": cmd_demo_data, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "predict": cmd_predict, "runs": cmd_runs,
                 "settings": cmd_settings}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -150,6 +156,24 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CxrError("--min-sensitivity must be in (0, 1], e.g. 0.9")
     rows = table3(store, run_ids, min_sensitivity=args.min_sensitivity)
     print({"md": to_markdown, "json": to_json, "html": to_html}[args.format](rows), end="")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from core.data.decode import DecodeError, read_bytes
+    from core.predict import predict_image
+    from core.store import Store, default_runs_dir
+
+    try:
+        data = read_bytes(args.image)
+    except DecodeError as exc:
+        raise CxrError(f"{args.image}: {exc}") from None
+    p = predict_image(Store(args.runs_dir or default_runs_dir()), args.run_id, data, threshold=args.threshold)
+    print("research tool, not a diagnosis", file=sys.stderr)
+    print(json.dumps({"run_id": args.run_id, "prob_positive": p.prob_positive, "positive_class": p.positive_class,
+                      "call": p.call, "threshold": p.threshold, "fold_probs": p.fold_probs}))
     return 0
 
 

@@ -72,7 +72,7 @@ class RunConfig:
     folds: int = _f(10, "Number of cross-validation folds.", min=2, max=50)
     group_by_patient: bool = _f(True, "Keep every patient's images in one fold (whenever patient ids are known).")
     seed: int = _f(0, "Seed for splits, initialisation, shuffling and augmentation.", min=0)
-    positive_class: str = _f("", "Class reported as positive (sensitivity); '' = the last class in sorted order.")
+    positive_class: str = _f("", "Class reported as positive (sensitivity); '' = the class that is not named like Normal / No Finding, else the last in sorted order.")
 
     # --- explanation ----------------------------------------------------------------------
     gradcam: bool = _f(True, "Compute Grad-CAM heat maps of each fold's held-out images after training.")

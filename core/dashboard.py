@@ -241,3 +241,22 @@ def data_overview(runs_dir: Path, *, data: str, source: str = "auto", path_colum
         "excluded": table.loc[table["excluded_reason"] != "", ["image_id", "path", "excluded_reason"]],
         "samples": samples, "folds": preview, "fold_error": fold_error, "n_images": len(included),
     }
+
+
+def predictable_runs(runs_dir: Path) -> dict[str, str]:
+    """Finished runs that kept their fold models (save_models=true), for the Predict page."""
+    store = Store(Path(runs_dir))
+    out = {}
+    for run_id, label in run_options(runs_dir).items():
+        folds = int(store.run(run_id)["folds"])
+        if all((store.run_dir(run_id) / f"fold_{k}.pt").is_file() for k in range(folds)):
+            out[run_id] = label
+    return out
+
+
+def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, str]:
+    """{image_id: path} of a run's data set, to pick an image without uploading one."""
+    store = Store(Path(runs_dir))
+    images = store.images(store.run(run_id)["dataset_id"])
+    images = images[images["excluded_reason"] == ""].head(limit)
+    return dict(zip(images["image_id"], images["path"]))

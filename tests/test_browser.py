@@ -23,7 +23,7 @@ from conftest import blob_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PAGES = ["", "Data", "Train", "Runs", "Compare", "Grad-CAM"]
+PAGES = ["", "Data", "Train", "Runs", "Compare", "Grad-CAM", "Predict"]
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")

@@ -68,3 +68,19 @@ def test_missing_data_is_reported(tmp_path):
 def test_settings_lists_every_field_with_help():
     done = cli("settings", "--preset", "paper")
     assert done.returncode == 0 and "head_lr_factor = 10.0" in done.stdout and "WeightLearnRateFactor" in done.stdout
+
+
+def test_predict_prints_json_for_an_image(tmp_path):
+    import json
+
+    data = blob_dataset(tmp_path / "d", n_per_class=6)
+    env = {"TORCH_HOME": str(tmp_path / "th")}
+    done = cli("run", "--data", str(data), "--runs-dir", str(tmp_path / "runs"), *TINY, "--set", "save_models=true", env=env)
+    assert done.returncode == 0, done.stderr
+    image = sorted((data / "Effusion").glob("*.png"))[0]
+    out = cli("predict", done.stdout.strip(), str(image), "--runs-dir", str(tmp_path / "runs"), env=env)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["positive_class"] == "Effusion" and len(result["fold_probs"]) == 2 and 0 <= result["prob_positive"] <= 1
+    bad = cli("predict", done.stdout.strip(), str(tmp_path / "nope.png"), "--runs-dir", str(tmp_path / "runs"), env=env)
+    assert bad.returncode == 2 and "file not found" in bad.stderr

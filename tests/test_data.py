@@ -162,3 +162,11 @@ def test_too_few_patients_for_the_folds_says_what_to_do():
 def test_one_class_only_is_refused():
     with pytest.raises(CxrError, match="only one class"):
         assign_folds(np.zeros(10, int), None, folds=2, seed=0)
+
+
+def test_the_class_named_like_normal_is_negative_by_default():
+    from core.data.prepare import default_positive
+
+    assert default_positive(["Effusion", "Normal"]) == 0
+    assert default_positive(["No Finding", "Pleural Effusion"]) == 1
+    assert default_positive(["A", "B", "C"]) == 2  # no normal class: the last in sorted order

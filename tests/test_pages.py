@@ -153,3 +153,45 @@ def test_data_page_explains_a_bad_path(tmp_path, monkeypatch):
     at = AppTest.from_file(str(PAGES / "0_Data.py"), default_timeout=60).run()
     at.text_input(key="data_path").set_value(str(tmp_path / "missing")).run()
     assert not at.exception and "does not exist" in at.error[0].value
+
+
+@pytest.fixture(scope="module")
+def run_with_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("predict")
+    data = blob_dataset(root / "data", n_per_class=9)
+    cfg = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, max_iterations=2, folds=3, eval_every=1,
+                    optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data), save_models=True, gradcam=False)
+    store = Store(root / "runs")
+    return store, run_cross_validation(cfg, store=store), data
+
+
+def test_prediction_is_the_mean_of_the_fold_models(run_with_models):
+    import numpy as np
+
+    from core.predict import predict_image
+
+    store, result, data = run_with_models
+    image = sorted((data / "Effusion").glob("*.png"))[0]
+    p = predict_image(store, result.run_id, image.read_bytes())
+    assert len(p.fold_probs) == 3 and p.prob_positive == pytest.approx(np.mean(p.fold_probs))
+    assert p.call in ("Effusion", "Normal") and p.cam.shape == (32, 32)
+
+
+def test_a_non_image_upload_is_refused_with_advice(run_with_models):
+    from core import CxrError
+    from core.predict import predict_image
+
+    store, result, _ = run_with_models
+    with pytest.raises(CxrError, match="upload a PNG or JPEG"):
+        predict_image(store, result.run_id, b"%PDF-1.4 not an image")
+
+
+def test_predict_page_classifies_a_data_set_image(run_with_models, monkeypatch):
+    store, result, _ = run_with_models
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "5_Predict.py"), default_timeout=120).run()
+    at.radio(key="predict_source").set_value("from the data set").run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert 0 <= float(metrics["P(Effusion)"]) <= 1  # 'Normal' is recognised as the negative class and metrics["Call"] in ("Effusion", "Normal")
+    assert len(at.get("image")) == 2

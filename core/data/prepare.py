@@ -39,6 +39,17 @@ class PreparedData:
     mask_paths: list[str] | None = None  # lesion mask per image ('' = none), when the source has masks
 
 
+NORMAL_NAMES = {"normal", "no finding", "negative", "healthy", "none", "0"}
+
+
+def default_positive(classes: list[str]) -> int:
+    """With two classes and one of them named like 'Normal' / 'No Finding', the other is positive; else the last in sorted order."""
+    normal = [k for k, c in enumerate(classes) if c.strip().lower() in NORMAL_NAMES]
+    if len(classes) == 2 and len(normal) == 1:
+        return 1 - normal[0]
+    return len(classes) - 1
+
+
 def cache_dir_for(runs_dir: Path) -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path(runs_dir) / "cache")
 
@@ -83,7 +94,7 @@ def prepare_data(cfg: RunConfig, *, cache_dir: Path, progress: Callable[[int, in
             raise CxrError(f"positive_class {cfg.positive_class!r} is not a label of the data; labels: {', '.join(classes)}")
         positive = classes.index(cfg.positive_class)
     else:
-        positive = len(classes) - 1  # e.g. Normal < Pleural Effusion
+        positive = default_positive(classes)
     has_groups = bool((included["group"] != "").all())
     fingerprint = hashlib.sha256(
         "\n".join(sorted(f"{r.image_id}\t{r.content_hash}\t{r.label}" for r in included.itertuples())).encode()

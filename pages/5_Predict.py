@@ -1,0 +1,53 @@
+"""Predict: one radiograph through a finished run's fold models, with the call and a Grad-CAM. A research tool, not a diagnosis."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from core import CxrError
+from core.dashboard import dataset_images, predictable_runs
+from core.overlay import overlay
+from core.predict import predict_image
+from core.store import Store
+
+RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+
+st.set_page_config(page_title="Predict · cxr-transfer", layout="wide")
+st.title("Predict")
+st.warning("Research tool, not a diagnosis. Probabilities come from models trained on the run's data set only.")
+
+runs = predictable_runs(RUNS_DIR)
+if not runs:
+    st.info("No finished run kept its fold models. Start one with `--set save_models=true` (or tick save_models on the Train page).")
+    st.stop()
+run_id = st.selectbox("Run", list(runs), format_func=runs.get, key="predict_run")
+source = st.radio("Image", ["upload", "from the data set"], horizontal=True, key="predict_source")
+data = None
+if source == "upload":
+    upload = st.file_uploader("PNG or JPEG radiograph", type=["png", "jpg", "jpeg"], key="predict_upload")
+    if upload is not None:
+        data = upload.getvalue()
+else:
+    images = dataset_images(RUNS_DIR, run_id)
+    image_id = st.selectbox("Data-set image", list(images), key="predict_image")
+    data = Path(images[image_id]).read_bytes() if image_id else None
+threshold = st.slider("Call positive at probability", 0.0, 1.0, 0.5, 0.01, key="predict_threshold")
+if data is None:
+    st.stop()
+try:
+    with st.spinner("Running the fold models..."):
+        p = predict_image(Store(RUNS_DIR), run_id, data, threshold=threshold)
+except CxrError as exc:
+    st.error(str(exc))
+    st.stop()
+cols = st.columns(3)
+cols[0].metric(f"P({p.positive_class})", f"{p.prob_positive:.3f}", help="mean over the run's fold models")
+cols[1].metric("Call", p.call, help=f"positive when the probability is at least {p.threshold:.2f}")
+cols[2].metric("Fold models agree", f"{min(p.fold_probs):.2f}-{max(p.fold_probs):.2f}", help="range of the fold models' probabilities")
+opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
+left, right = st.columns(2)
+left.image(p.gray, caption="as the model saw it", width="stretch")
+right.image(overlay(p.gray, (p.cam * 255).astype("uint8"), opacity=opacity), caption=f"Grad-CAM for {p.positive_class}", width="stretch")
