@@ -260,3 +260,19 @@ def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, s
     images = store.images(store.run(run_id)["dataset_id"])
     images = images[images["excluded_reason"] == ""].head(limit)
     return dict(zip(images["image_id"], images["path"]))
+
+
+def disk_used(runs_dir: Path, run_id: str) -> int:
+    """Bytes under runs/<run_id>/ (fold models, heat maps) plus its job log."""
+    folder = Path(runs_dir) / run_id
+    files = list(folder.rglob("*")) if folder.is_dir() else []
+    log = Path(runs_dir) / "jobs" / f"{run_id}.log"
+    return sum(f.stat().st_size for f in files if f.is_file()) + (log.stat().st_size if log.is_file() else 0)
+
+
+def update_run_labels(runs_dir: Path, run_id: str, *, name: str, tags: str, notes: str) -> None:
+    Store(Path(runs_dir)).update_run(run_id, name=name.strip() or run_id, tags=tags.strip(), notes=notes.strip())
+
+
+def delete_run(runs_dir: Path, run_id: str) -> None:
+    Store(Path(runs_dir)).delete_run(run_id)

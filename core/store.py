@@ -218,6 +218,15 @@ class Store:
                 )
                 con.unregister("new_cams")
 
+    def delete_run(self, run_id: str) -> None:
+        """Remove a run's rows everywhere and its artifacts folder; the data set and the cache stay."""
+        import shutil
+
+        with self.transaction() as con:
+            for table in ("cams", "predictions", "iterations", "folds", "splits", "runs"):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
+        shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
+
     # -- reads ---------------------------------------------------------------------------
     def list_runs(self) -> pd.DataFrame:
         return self.query(

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.dashboard import run_detail, run_options, threshold_rates
+from core.dashboard import delete_run, disk_used, run_detail, run_options, threshold_rates, update_run_labels
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
@@ -70,3 +70,18 @@ st.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["
 
 with st.expander("Configuration"):
     st.json(d["config"])
+
+with st.expander("Manage this run"):
+    st.caption(f"Disk used by its artifacts: {disk_used(RUNS_DIR, run_id) / 1e6:.1f} MB")
+    with st.form("runs_manage"):
+        new_name = st.text_input("Name", run["name"] or run_id, key="runs_name")
+        tags = st.text_input("Tags (comma-separated)", run.get("tags") or "", key="runs_tags")
+        notes = st.text_area("Notes", run.get("notes") or "", key="runs_notes")
+        if st.form_submit_button("Save"):
+            update_run_labels(RUNS_DIR, run_id, name=new_name, tags=tags, notes=notes)
+            st.success("Saved.")
+    confirm = st.checkbox(f"Yes, delete run {run_id} with its folds, predictions and heat maps", key="runs_confirm_delete")
+    if st.button("Delete run", disabled=not confirm, key="runs_delete"):
+        delete_run(RUNS_DIR, run_id)
+        st.success(f"Deleted {run_id}.")
+        st.rerun()

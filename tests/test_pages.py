@@ -195,3 +195,21 @@ def test_predict_page_classifies_a_data_set_image(run_with_models, monkeypatch):
     metrics = {m.label: m.value for m in at.metric}
     assert 0 <= float(metrics["P(Effusion)"]) <= 1  # 'Normal' is recognised as the negative class and metrics["Call"] in ("Effusion", "Normal")
     assert len(at.get("image")) == 2
+
+
+def test_runs_page_renames_and_deletes_with_confirmation(tmp_path, monkeypatch):
+    data = blob_dataset(tmp_path / "data", n_per_class=6)
+    cfg = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=4, max_iterations=1, folds=2, eval_every=1,
+                    optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data))
+    store = Store(tmp_path / "runs")
+    run_id = run_cross_validation(cfg, store=store).run_id
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "2_Runs.py"), default_timeout=120).run()
+    at.text_input(key="runs_name").set_value("baseline")
+    at.text_input(key="runs_tags").set_value("demo, cpu")
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert store.run(run_id)["name"] == "baseline" and store.run(run_id)["tags"] == "demo, cpu"
+    assert at.button(key="runs_delete").disabled  # not without the confirmation
+    at.checkbox(key="runs_confirm_delete").check().run()
+    at.button(key="runs_delete").click().run()
+    assert store.list_runs().empty and store.predictions(run_id).empty and not (store.runs_dir / run_id).exists()
