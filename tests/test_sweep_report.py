@@ -45,8 +45,10 @@ def test_report_json_has_the_documented_keys_and_numbers_from_the_predictions(sw
     assert set(rows[1]["varies"]) == {"max_iterations", "learning_rate"}
     # recompute row 2 from its own and the first run's stored predictions
     def scores(run_id):
+        run = store.run(run_id)
+        positive = json.loads(run["classes"]).index(run["positive_class"])
         p = store.predictions(run_id).sort_values("image_id")
-        return p["label_index"].to_numpy() == 1, p["prob_positive"].to_numpy()
+        return p["label_index"].to_numpy() == positive, p["prob_positive"].to_numpy()
 
     y, s_first = scores(run_ids[0])
     _, s_other = scores(run_ids[2])
