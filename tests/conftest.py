@@ -37,13 +37,18 @@ def blobs(tmp_path: Path) -> Path:
     return blob_dataset(tmp_path / "blobs")
 
 
+def tiny_config(data: str | Path = "", **changes) -> RunConfig:
+    """Everything small: 32 px, ResNet-18 from scratch, 3 folds of a few iterations; `changes` override."""
+    base = RunConfig(
+        backbone="resnet18", weights="none", image_size=32, batch_size=8, max_iterations=4,
+        folds=3, eval_every=2, optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data),
+    )
+    return base.replace(**changes)
+
+
 @pytest.fixture
 def tiny_cfg() -> RunConfig:
-    """Everything small: 32 px, ResNet-18 from scratch, 3 folds of a few iterations."""
-    return RunConfig(
-        backbone="resnet18", weights="none", image_size=32, batch_size=8, max_iterations=4,
-        folds=3, eval_every=2, optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu",
-    )
+    return tiny_config()
 
 
 @pytest.fixture

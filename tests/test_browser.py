@@ -15,11 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from core.config import RunConfig
 from core.engine import run_cross_validation
 from core.store import Store
 
-from conftest import blob_dataset
+from conftest import blob_dataset, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -39,8 +38,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     data = blob_dataset(root / "data", n_per_class=9)
-    cfg = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, max_iterations=2, folds=3, eval_every=1,
-                    optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data))
+    cfg = tiny_config(data, batch_size=8, max_iterations=2, folds=3, eval_every=1)
     run_cross_validation(cfg, store=Store(root / "runs"), name="browser run")
     port = _free_port()
     env = {**os.environ, "CXR_RUNS_DIR": str(root / "runs"), "CXR_DEMO_DIR": str(root / "demo")}

@@ -7,11 +7,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.config import RunConfig
 from core.engine import run_cross_validation
 from core.store import Store
 
-from conftest import blob_dataset
+from conftest import blob_dataset, tiny_config
 
 PAGES = Path(__file__).resolve().parent.parent / "pages"
 
@@ -20,8 +19,7 @@ PAGES = Path(__file__).resolve().parent.parent / "pages"
 def finished_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("pages")
     data = blob_dataset(root / "data", n_per_class=12)
-    cfg = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, max_iterations=4, folds=3, eval_every=2,
-                    optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data))
+    cfg = tiny_config(data, batch_size=8, max_iterations=4, folds=3, eval_every=2)
     store = Store(root / "runs")
     result = run_cross_validation(cfg, store=store, name="tiny run")
     return store, result
@@ -56,8 +54,7 @@ def test_compare_page_shows_table3_for_a_sweep(tmp_path, monkeypatch):
     from core.sweep import parse_grid, run_sweep
 
     data = blob_dataset(tmp_path / "data", n_per_class=9)
-    base = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, folds=3, eval_every=2,
-                     optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data), gradcam=False)
+    base = tiny_config(data, batch_size=8, folds=3, eval_every=2, gradcam=False)
     store = Store(tmp_path / "runs")
     sweep_id, results = run_sweep(base, parse_grid(["max_iterations=1,3"]), store=store)
     monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
@@ -159,8 +156,7 @@ def test_data_page_explains_a_bad_path(tmp_path, monkeypatch):
 def run_with_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     data = blob_dataset(root / "data", n_per_class=9)
-    cfg = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, max_iterations=2, folds=3, eval_every=1,
-                    optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data), save_models=True, gradcam=False)
+    cfg = tiny_config(data, batch_size=8, max_iterations=2, folds=3, eval_every=1, save_models=True, gradcam=False)
     store = Store(root / "runs")
     return store, run_cross_validation(cfg, store=store), data
 
@@ -199,8 +195,7 @@ def test_predict_page_classifies_a_data_set_image(run_with_models, monkeypatch):
 
 def test_runs_page_renames_and_deletes_with_confirmation(tmp_path, monkeypatch):
     data = blob_dataset(tmp_path / "data", n_per_class=6)
-    cfg = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=4, max_iterations=1, folds=2, eval_every=1,
-                    optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data))
+    cfg = tiny_config(data, batch_size=4, max_iterations=1, folds=2, eval_every=1)
     store = Store(tmp_path / "runs")
     run_id = run_cross_validation(cfg, store=store).run_id
     monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))

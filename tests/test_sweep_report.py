@@ -12,17 +12,15 @@ from core.stats import auc_delong, delong_paired
 from core.store import Store
 from core.sweep import parse_grid, run_sweep
 
-from conftest import blob_dataset
+from conftest import blob_dataset, tiny_config
 
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    from core.config import RunConfig
 
     root = tmp_path_factory.mktemp("sweep")
     data = blob_dataset(root / "data", n_per_class=12)
-    base = RunConfig(backbone="resnet18", weights="none", image_size=32, batch_size=8, folds=3, eval_every=2,
-                     optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data))
+    base = tiny_config(data, batch_size=8, folds=3, eval_every=2)
     store = Store(root / "runs")
     sweep_id, results = run_sweep(base, parse_grid(["max_iterations=1,3", "learning_rate=1e-3,3e-3"]), store=store)
     return store, sweep_id, [r.run_id for r in results]
