@@ -160,6 +160,15 @@ def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     return cfg.replace(**changes)
 
 
+def budget(cfg: RunConfig, n_train: int) -> tuple[int, int]:
+    """(iterations to run, iterations per epoch). As MATLAB, an epoch drops the last partial batch."""
+    per_epoch = max(1, n_train // cfg.batch_size)
+    total = cfg.max_epochs * per_epoch
+    if cfg.max_iterations:
+        total = min(total, cfg.max_iterations)
+    return total, per_epoch
+
+
 def field_help() -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in fields(RunConfig)}
 

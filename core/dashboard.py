@@ -167,6 +167,7 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     """Live state of a (background) run: status, iterations done of the budget, elapsed, ETA, the curve so far."""
     import json
 
+    from core.config import RunConfig, budget
     from core.jobs import is_alive, log_tail
 
     store = Store(Path(runs_dir))
@@ -177,7 +178,9 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     cfg = json.loads(run["config"])
     curve = store.iterations(run_id)
     done = int((curve["phase"] == "train").sum()) if not curve.empty else 0
-    total = cfg["folds"] * cfg["max_iterations"] if cfg["max_iterations"] else None
+    # the same budget the engine uses, for a training fold of about (k-1)/k of the images
+    n_train = int(run["n_images"] or 0) * (cfg["folds"] - 1) // cfg["folds"]
+    total = cfg["folds"] * budget(RunConfig.from_dict(cfg), n_train)[0] if n_train else None
     status = run["status"]
     if status == "running" and not is_alive(run["pid"]):
         status = "interrupted"  # the process is gone without saying why (killed, power loss)

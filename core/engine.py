@@ -7,7 +7,6 @@ store as soon as it ends, so a crash keeps every finished fold.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import secrets
 import subprocess
@@ -22,16 +21,14 @@ import torch
 import torchvision
 
 from core import CxrError, __version__
-from core.config import RunConfig
+from core.config import RunConfig, budget
 from core.data.prepare import PreparedData, cache_dir_for, prepare_data
 from core.data.splits import assign_folds
 from core.explain import explain_fold, summarize_localisation
 from core.metrics import summarize
 from core.models import BACKBONES, build_model, get_module
 from core.store import IterationBuffer, Store, now
-from core.train import budget, train_fold
-
-log = logging.getLogger(__name__)
+from core.train import train_fold
 
 # Progress events: {"event": "loading"|"run_start"|"fold_start"|"iteration"|"fold_end"|"run_end", ...}
 Progress = Callable[[dict], None]

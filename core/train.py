@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.augment import AugmentSpec, augment_batch
-from core.config import RunConfig
+from core.config import RunConfig, budget
 from core.models import make_optimizer, param_groups
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,15 +45,6 @@ def normalize(x01: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(IMAGENET_MEAN, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x01.device, dtype=x01.dtype).view(1, 3, 1, 1)
     return (x01.expand(-1, 3, -1, -1) - mean) / std
-
-
-def budget(cfg: RunConfig, n_train: int) -> tuple[int, int]:
-    """(iterations to run, iterations per epoch). As MATLAB, an epoch drops the last partial batch."""
-    per_epoch = max(1, n_train // cfg.batch_size)
-    total = cfg.max_epochs * per_epoch
-    if cfg.max_iterations:
-        total = min(total, cfg.max_iterations)
-    return total, per_epoch
 
 
 def _generator(*seed_parts: int) -> torch.Generator:

@@ -208,3 +208,14 @@ def test_runs_page_renames_and_deletes_with_confirmation(tmp_path, monkeypatch):
     at.checkbox(key="runs_confirm_delete").check().run()
     at.button(key="runs_delete").click().run()
     assert store.list_runs().empty and store.predictions(run_id).empty and not (store.runs_dir / run_id).exists()
+
+
+def test_live_progress_counts_against_the_epoch_limit_too(tmp_path):
+    from core.dashboard import job_progress
+
+    data = blob_dataset(tmp_path / "data", n_per_class=6)
+    store = Store(tmp_path / "runs")
+    # 12 images, 2 folds -> 6 training images, batch 4 -> 1 iteration per epoch; 2 epochs end training before 50 iterations
+    result = run_cross_validation(tiny_config(data, batch_size=4, max_iterations=50, max_epochs=2, folds=2, gradcam=False), store=store)
+    p = job_progress(store.runs_dir, result.run_id)
+    assert p["status"] == "finished" and p["total"] == 4 and p["done"] == 4 and p["fraction"] == 1.0

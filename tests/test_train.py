@@ -8,7 +8,8 @@ import torch
 
 from core.augment import AugmentSpec, affine_matrices, augment_batch, sample_params
 from core.models import build_model, get_module
-from core.train import budget, train_fold
+from core.config import budget
+from core.train import train_fold
 
 
 def test_augmentation_parameters_are_drawn_per_image_with_probability_p():
