@@ -1,4 +1,4 @@
-"""Command line: `python -m core demo-data|run|sweep|report|predict|runs|settings ...`.
+"""Command line: `python -m core demo-data|run|sweep|report|export|predict|runs|settings ...`.
 
 stdout carries only the result a script wants (a run id, a path, a table); progress bars,
 notices and errors go to stderr. Exit codes: 0 success, 2 a problem the user can fix (one
@@ -53,6 +53,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     report.add_argument("--min-sensitivity", type=float, default=0.9, help="operating point: the highest threshold with at least this sensitivity")
     _common(report)
 
+    export = sub.add_parser("export", help="a self-contained HTML report of a run, or a comparison of several runs, for clinicians")
+    export.add_argument("run_ids", nargs="+", help="one run (a run report) or several (a comparison; the first is the reference)")
+    export.add_argument("--out", required=True, type=Path, help="HTML file to write")
+    export.add_argument("--cams", type=int, default=8, help="Grad-CAM examples per run (0 = none; default 8)")
+    _common(export)
+
     predict = sub.add_parser("predict", help="classify one image with a finished run's fold models (needs save_models=true)")
     predict.add_argument("run_id")
     predict.add_argument("image", type=Path, help="PNG or JPEG")
@@ -75,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return {"demo-data": cmd_demo_data, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "predict": cmd_predict, "runs": cmd_runs,
+        return {"demo-data": cmd_demo_data, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
                 "settings": cmd_settings}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -156,6 +162,23 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise CxrError("--min-sensitivity must be in (0, 1], e.g. 0.9")
     rows = table3(store, run_ids, min_sensitivity=args.min_sensitivity)
     print({"md": to_markdown, "json": to_json, "html": to_html}[args.format](rows), end="")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.export import comparison_report_html
+    from core.store import default_runs_dir
+
+    if not 0 <= args.cams <= 64:
+        raise CxrError("--cams must be between 0 and 64")
+    page = comparison_report_html(args.runs_dir or default_runs_dir(), args.run_ids, gallery_size=args.cams)
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise CxrError(f"cannot write {args.out}: {exc.strerror}; choose another --out path") from None
+    print(f"wrote {len(page) / 1e6:.1f} MB self-contained report of {len(args.run_ids)} run(s)", file=sys.stderr)
+    print(args.out)
     return 0
 
 

@@ -48,6 +48,8 @@ def forest(folds: pd.DataFrame, *, pooled: float, mean: float) -> go.Figure:
     fig.add_vline(x=mean, line=dict(color=OKABE_ITO[2], dash="dot"), annotation_text=f"mean of folds {mean:.3f}",
                   annotation_position="bottom right")
     fig.update_yaxes(autorange="reversed")
+    low = float(np.nanmin([*folds["auc"].to_numpy(dtype=float), pooled, mean])) if len(folds) else 0.5
+    fig.update_xaxes(range=[max(0.0, min(0.5, low - 0.05)), 1.02])  # AUC lives in [0, 1]; start at chance unless a fold is worse
     return _layout(fig, "AUC per fold", "AUC (area under the ROC curve)", "held-out fold")
 
 

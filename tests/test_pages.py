@@ -219,3 +219,32 @@ def test_live_progress_counts_against_the_epoch_limit_too(tmp_path):
     result = run_cross_validation(tiny_config(data, batch_size=4, max_iterations=50, max_epochs=2, folds=2, gradcam=False), store=store)
     p = job_progress(store.runs_dir, result.run_id)
     assert p["status"] == "finished" and p["total"] == 4 and p["done"] == 4 and p["fraction"] == 1.0
+
+
+def test_export_report_is_one_offline_file_with_tables_figures_and_escaped_names(finished_run, tmp_path):
+    """A clinician gets one HTML file: it must open offline (plotly.js inlined once) and never run text a user typed."""
+    from core.__main__ import main
+    from core.export import comparison_report_html
+
+    store, result = finished_run
+    store.update_run(result.run_id, notes="<script>alert(1)</script>")
+    page = comparison_report_html(store.runs_dir, [result.run_id], gallery_size=4)
+    assert page.count("<script>alert(1)</script>") == 0 and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "<script src=" not in page and page.count("Plotly.newPlot(") == 6  # confusion, ROC, forest, calibration, 2 curves
+    assert f"{100 * result.metrics['auc']:.2f}" in page  # the pooled AUC of Table 3
+    assert "<img src='data:image/png;base64," in page  # Grad-CAM examples embedded, not linked
+    assert "Excluded files" not in page  # the blob data set has none
+    out = tmp_path / "report.html"
+    assert main(["export", result.run_id, "--out", str(out), "--runs-dir", str(store.runs_dir), "--cams", "0"]) == 0
+    assert out.read_text().startswith("<!doctype html>") and "<img src=" not in out.read_text()
+    assert main(["export", "no-such-run", "--out", str(out), "--runs-dir", str(store.runs_dir)]) == 2
+
+
+def test_export_page_offers_the_report_for_download(finished_run, monkeypatch):
+    store, result = finished_run
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "6_Export.py"), default_timeout=120).run()
+    assert not at.exception
+    at.button(key="export_build").click().run()
+    assert not at.exception
+    assert "Report ready" in at.success[0].value and "1 run(s)" in at.success[0].value
