@@ -108,8 +108,9 @@ def comparison(runs_dir: Path, run_ids: list[str]) -> dict:
     rows = table3(store, run_ids)
     header, body = table_cells(rows)
     curves = [(r["name"], roc_with_band(store, r["run_id"], n_boot=0), r["auc"]) for r in rows]
+    training = [(r["name"], store.iterations(r["run_id"])) for r in rows]
     return {"rows": rows, "table": pd.DataFrame(body, columns=header).assign(run=[r["name"] for r in rows]), "curves": curves,
-            "varies": sorted(rows[0]["varies"])}
+            "training": training, "varies": sorted(rows[0]["varies"])}
 
 
 def sweep_runs(runs_dir: Path, sweep_id: str) -> list[str]:
@@ -161,6 +162,28 @@ def gallery(runs_dir: Path, run_id: str, *, outcomes: list[str], target: str = "
     for npz in loaded.values():
         npz.close()
     return items
+
+
+def cams_for(runs_dir: Path, run_id: str, image_ids: list[str], *, target: str = "predicted") -> dict[str, dict]:
+    """Another run's heat maps of the given images, to show the same images across runs side by side.
+
+    Only images the run stored a heat map for are returned (a run keeps at most gradcam_max per fold).
+    """
+    import numpy as np
+
+    if not image_ids:
+        return {}
+    store = Store(Path(runs_dir))
+    placeholders = ", ".join("?" for _ in image_ids)
+    rows = store.query(f"SELECT image_id, fold, artifact, slot, outcome, prob_positive FROM cams WHERE run_id = ? AND target = ? "
+                       f"AND image_id IN ({placeholders})", [run_id, target, *image_ids])
+    out = {}
+    for artifact, part in rows.groupby("artifact"):
+        with np.load(Path(runs_dir) / artifact) as npz:
+            maps = npz[target]
+            for r in part.itertuples():
+                out[r.image_id] = {"cam": maps[r.slot], "outcome": r.outcome, "prob_positive": float(r.prob_positive), "fold": int(r.fold)}
+    return out
 
 
 def job_progress(runs_dir: Path, run_id: str) -> dict:

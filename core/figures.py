@@ -66,6 +66,13 @@ def confusion_matlab(tp: int, fn: int, fp: int, tn: int, *, positive: str, negat
     annotations = [dict(x=c, y=1.55, text=f"{100 * v:.1f} % correct", showarrow=False) for c, v in zip([negative, positive], col_ok)]
     annotations += [dict(x=1.55, y=r, text=f"{100 * v:.1f} %", showarrow=False, xanchor="left") for r, v in zip([negative, positive], row_ok)]
     fig.update_layout(annotations=annotations)
+    # near-invisible markers on the four cells make them clickable (a heatmap cell cannot be selected in plotly);
+    # customdata carries the outcome so a page can open those images in the Grad-CAM gallery
+    names = [[("TN", "true negatives"), ("FN", "false negatives")], [("FP", "false positives"), ("TP", "true positives")]]
+    cells_xy = [(x, y, names[i][j]) for i, y in enumerate([negative, positive]) for j, x in enumerate([negative, positive])]
+    fig.add_scatter(x=[c[0] for c in cells_xy], y=[c[1] for c in cells_xy], customdata=[c[2][0] for c in cells_xy], mode="markers",
+                    marker=dict(size=90, symbol="square", color="rgba(255,255,255,0.01)"), showlegend=False, name="cells",
+                    text=[c[2][1] for c in cells_xy], hovertemplate="%{text}: click to see them in the Grad-CAM gallery<extra></extra>")
     fig.update_yaxes(autorange="reversed")
     _layout(fig, f"Pooled confusion matrix (accuracy {100 * (tp + tn) / total:.1f} %)", "true class", "predicted class")
     fig.update_layout(margin=dict(l=110, r=70, t=80, b=50), xaxis=dict(domain=[0, 0.85]))
@@ -121,3 +128,19 @@ def accuracy_vs_time(rows: list[dict]) -> go.Figure:
                         error_y=dict(type="data", symmetric=False, array=[100 * (r["accuracy_ci_high"] - r["accuracy"])],
                                      arrayminus=[100 * (r["accuracy"] - r["accuracy_ci_low"])]))
     return _layout(fig, "Accuracy against training time", "training time (minutes, all folds)", "accuracy (%, 95 % Wilson CI)")
+
+
+def training_curves_overlay(curves: list[tuple[str, pd.DataFrame]], *, metric: str = "loss", smoothing: float = 0.9) -> go.Figure:
+    """Several runs' training curves on one chart: per run, the smoothed mini-batch `metric` averaged over folds."""
+    fig = go.Figure()
+    for k, (name, curve) in enumerate(curves):
+        train = curve[curve["phase"] == "train"] if not curve.empty else curve
+        if train.empty:
+            continue
+        smooth = (train.sort_values("iteration").groupby("fold", group_keys=False)[metric]
+                  .apply(lambda v: v.ewm(alpha=1 - smoothing).mean()))
+        mean = smooth.groupby(train.sort_values("iteration")["iteration"]).mean()
+        fig.add_scatter(x=mean.index, y=mean.to_numpy(), mode="lines", line=dict(color=OKABE_ITO[k % len(OKABE_ITO)], width=2.5),
+                        name=f"{name} (mean of folds, smoothed)")
+    label = "cross-entropy loss" if metric == "loss" else "accuracy (fraction)"
+    return _layout(fig, f"Training progress of each run: {metric}", "iteration", label)

@@ -43,7 +43,16 @@ st.caption("Pooled = all out-of-fold predictions in one ROC, as the study report
 
 left, right = st.columns(2)
 c = row["confusion"]
-left.plotly_chart(figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=d["positive"], negative=d["negative"]), width="stretch")
+event = left.plotly_chart(figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=d["positive"], negative=d["negative"]),
+                          width="stretch", on_select="rerun", selection_mode="points", key="runs_confusion")
+picked = [pt["customdata"] for pt in (event.selection.points if event else []) if pt.get("customdata")]
+buttons = left.columns(4)
+for col, outcome in zip(buttons, ["TP", "FN", "FP", "TN"]):
+    if col.button(f"{outcome} heat maps", key=f"runs_open_{outcome}", help=f"Open the {outcome} images in the Grad-CAM gallery"):
+        picked = [outcome]
+if picked:  # a click on a cell (or its button) opens those images in the gallery
+    st.session_state["cam_request"] = {"run": run_id, "outcomes": picked}
+    st.switch_page("pages/4_Grad-CAM.py")
 ops = [p for p in row["operating_points"] if "cross-fitted" not in p["name"]]
 right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], row["auc_ci_high"]), points=ops), width="stretch")
 

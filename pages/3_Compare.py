@@ -47,10 +47,20 @@ left, right = st.columns(2)
 left.plotly_chart(figures.roc_overlay(c["curves"]), width="stretch")
 right.plotly_chart(figures.accuracy_vs_time(c["rows"]), width="stretch")
 
+st.subheader("Training curves")
+metric = st.radio("Measure", ["loss", "accuracy"], horizontal=True, key="compare_metric")
+st.plotly_chart(figures.training_curves_overlay(c["training"], metric=metric), width="stretch")
+
 st.subheader("Confusion matrices")
 cols = st.columns(2)
 for k, r in enumerate(c["rows"]):
     m = r["confusion"]
     negative = next((x for x in r["classes"] if x != r["positive_class"]), "rest") if len(r["classes"]) == 2 else "rest"
     fig = figures.confusion_matlab(m["tp"], m["fn"], m["fp"], m["tn"], positive=r["positive_class"], negative=negative)
-    cols[k % 2].plotly_chart(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"), width="stretch")
+    event = cols[k % 2].plotly_chart(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"), width="stretch",
+                                     on_select="rerun", selection_mode="points", key=f"compare_confusion_{r['run_id']}")
+    picked = [pt["customdata"] for pt in (event.selection.points if event else []) if pt.get("customdata")]
+    if picked:  # those images in the gallery, with every compared run side by side
+        st.session_state["cam_request"] = {"run": r["run_id"], "outcomes": picked, "others": [x for x in run_ids if x != r["run_id"]]}
+        st.switch_page("pages/4_Grad-CAM.py")
+st.caption("Click a cell of a confusion matrix to see those images in the Grad-CAM gallery, next to the other runs' heat maps.")

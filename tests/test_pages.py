@@ -248,3 +248,53 @@ def test_export_page_offers_the_report_for_download(finished_run, monkeypatch):
     at.button(key="export_build").click().run()
     assert not at.exception
     assert "Report ready" in at.success[0].value and "1 run(s)" in at.success[0].value
+
+
+def test_a_confusion_matrix_cell_opens_its_images_in_the_gallery(finished_run, monkeypatch):
+    """The TN button (same as clicking the TN cell) switches to the Grad-CAM page, which shows only that run's TN images."""
+    store, result = finished_run
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    monkeypatch.setenv("CXR_DEMO_DIR", str(store.runs_dir / "no-demo"))
+    at = AppTest.from_file(str(PAGES.parent / "app.py"), default_timeout=120)
+    at.switch_page("pages/2_Runs.py").run()
+    assert not at.exception
+    at.button(key="runs_open_TN").click().run()
+    assert not at.exception
+    assert at.title[0].value == "Grad-CAM gallery"
+    assert at.selectbox(key="cam_run").value == result.run_id
+    assert at.multiselect(key="cam_outcomes").value == ["TN"]
+    cams = store.cams(result.run_id)
+    n_tn = int(((cams["target"] == "predicted") & (cams["outcome"] == "TN")).sum())
+    assert len(at.get("image")) == 2 * min(12, n_tn)
+
+
+def test_gallery_shows_the_same_images_across_runs_side_by_side(finished_run, monkeypatch):
+    store, result = finished_run
+    data = store.run(result.run_id)["config"]
+    import json
+
+    other = run_cross_validation(tiny_config(json.loads(data)["data"], max_iterations=2), store=store, name="other run")
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "4_Grad-CAM.py"), default_timeout=120)
+    at.session_state["cam_request"] = {"run": result.run_id, "outcomes": ["TP", "FP", "FN", "TN"], "others": [other.run_id]}
+    at.run()
+    assert not at.exception
+    shown = min(12, int((store.cams(result.run_id)["target"] == "predicted").sum()))
+    # each row: original, this run's overlay, the other run's overlay (both runs kept every image: 3 folds of 8 < gradcam_max)
+    assert len(at.get("image")) == 3 * shown
+    captions = [m.value for m in at.markdown]
+    assert "**other run**" in captions and "**tiny run**" in captions
+
+
+def test_compare_overlays_training_curves_of_every_run(tmp_path):
+    from core.dashboard import comparison
+    from core.figures import training_curves_overlay
+
+    data = blob_dataset(tmp_path / "data", n_per_class=9)
+    store = Store(tmp_path / "runs")
+    ids = [run_cross_validation(tiny_config(data, max_iterations=n, gradcam=False), store=store, name=f"{n} its").run_id for n in (2, 4)]
+    c = comparison(store.runs_dir, ids)
+    fig = training_curves_overlay(c["training"], metric="loss")
+    assert [t.name for t in fig.data] == ["2 its (mean of folds, smoothed)", "4 its (mean of folds, smoothed)"]
+    assert [len(t.x) for t in fig.data] == [2, 4]  # one point per iteration, folds averaged
+    assert fig.layout.xaxis.title.text == "iteration" and fig.layout.yaxis.title.text == "cross-entropy loss"
