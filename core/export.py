@@ -133,7 +133,7 @@ def _data_summary(store: Store, run: dict) -> str:
     ds = store.query("SELECT source, root FROM datasets WHERE dataset_id = ?", [run["dataset_id"]])
     where = f"{ds['source'].iloc[0]} data set at {ds['root'].iloc[0]}" if not ds.empty else "data set"
     out = [f"<p><b>Data:</b> {_e(where)}; {int(per_class['images'].sum())} images used"
-           + (f", grouped by patient into folds" if bool(run["grouped"]) else ", no patient ids (folds split by image)") + ".</p>"]
+           + (", grouped by patient into folds" if bool(run["grouped"]) else ", no patient ids (folds split by image)") + ".</p>"]
     out.append(_table(["class", "images", "patients"], per_class.values.tolist()))
     if not excluded.empty:
         out.append("<p>Excluded files and why:</p>" + _table(["reason", "files"], excluded.values.tolist()))

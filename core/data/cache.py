@@ -20,7 +20,7 @@ import numpy as np
 from core.data.decode import DecodeError, decode_bytes, read_bytes
 
 # Bumped whenever decoding changes, so old entries are never mixed with new ones.
-CACHE_VERSION = "v1"
+CACHE_VERSION = "v2"  # v2: large JPEGs are decoded in draft mode (slightly different pixels)
 
 
 @dataclass(frozen=True)
