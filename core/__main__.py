@@ -45,6 +45,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     _common(sweep)
     sweep.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     sweep.add_argument("--no-progress", action="store_true")
+    sweep.add_argument("--sweep-id", default=None, help=argparse.SUPPRESS)  # set by background jobs that need the id up front
+    sweep.add_argument("--label-preset", default=None, help=argparse.SUPPRESS)
 
     report = sub.add_parser("report", help="the study's Table 3 for runs or a sweep, with intervals and DeLong p-values")
     report.add_argument("run_ids", nargs="*", help="runs to compare; the first is the reference row")
@@ -142,7 +144,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
     reporter = ProgressReporter(disable=args.no_progress)
     try:
-        sweep_id, results = run_sweep(cfg, grid, store=Store(args.runs_dir or default_runs_dir()), preset=args.preset, progress=reporter)
+        sweep_id, results = run_sweep(cfg, grid, store=Store(args.runs_dir or default_runs_dir()), preset=args.label_preset or args.preset,
+                                      progress=reporter, sweep_id=args.sweep_id)
     finally:
         reporter.close()
     print(f"sweep {sweep_id}: {len(results)} runs; show it with: python -m core report --sweep {sweep_id}", file=sys.stderr)

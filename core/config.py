@@ -145,6 +145,18 @@ def preset(name: str) -> RunConfig:
     return RunConfig(**PRESETS[name])
 
 
+# How the Train page groups the settings (every field exactly once; tests check it).
+SECTIONS: dict[str, list[str]] = {
+    "Data": ["data", "source", "path_column", "label_column", "group_column", "positive_labels", "image_size"],
+    "Model and weights": ["backbone", "weights", "head_lr_factor", "freeze_backbone"],
+    "Optimisation": ["optimizer", "learning_rate", "momentum", "weight_decay", "batch_size", "max_iterations", "max_epochs", "eval_every"],
+    "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],
+    "Cross-validation": ["folds", "group_by_patient", "seed", "positive_class"],
+    "Grad-CAM": ["gradcam", "gradcam_max", "gradcam_size"],
+    "Execution": ["device", "num_threads", "save_models", "eval_batch_size"],
+}
+
+
 def apply_overrides(cfg: RunConfig, assignments: list[str]) -> RunConfig:
     """Apply `field=value` strings (from `--set`), parsing each value by the field's type."""
     types = {f.name: f.type for f in fields(RunConfig)}

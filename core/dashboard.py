@@ -214,6 +214,32 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
             "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": len(store.folds(run_id))}
 
 
+def sweep_progress(runs_dir: Path, sweep_id: str, n_runs: int) -> dict:
+    """Live state of a background sweep: its runs so far (name, status, AUC), the one training now, and the job log."""
+    from core.jobs import is_alive, log_tail
+
+    runs = Store(Path(runs_dir)).query(
+        "SELECT run_id, name, status, auc, train_seconds, pid FROM runs WHERE sweep_id = ? ORDER BY created_at", [sweep_id])
+    if runs.empty:  # the process is still reading the data set (or failed before its first run: the log says)
+        return {"status": "starting", "done": 0, "total": n_runs, "table": pd.DataFrame(), "current": None,
+                "log": log_tail(runs_dir, sweep_id)}
+    current = runs[runs["status"] == "running"]
+    alive = bool(len(current)) and is_alive(current["pid"].iloc[0])
+    done = int((runs["status"] == "finished").sum())
+    if done == n_runs:
+        status = "finished"
+    elif alive:
+        status = "running"
+    elif (runs["status"].isin(["failed", "cancelled"])).any():
+        status = str(runs.loc[runs["status"].isin(["failed", "cancelled"]), "status"].iloc[-1])
+    else:
+        status = "interrupted" if len(current) else "starting"
+    table = runs.assign(**{"AUC (pooled)": runs["auc"].round(3), "training s": runs["train_seconds"].round(1)})[
+        ["name", "status", "AUC (pooled)", "training s"]]
+    return {"status": status, "done": done, "total": n_runs, "table": table,
+            "current": str(current["run_id"].iloc[0]) if alive else None, "log": log_tail(runs_dir, sweep_id)}
+
+
 def environment() -> dict:
     """What this machine offers: GPU name (or None), versions, and which backbones have ImageNet weights cached."""
     import torch

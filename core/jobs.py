@@ -36,6 +36,25 @@ def start_run(cfg: RunConfig, *, runs_dir: Path, preset: str = "custom", name: s
     return run_id, proc.pid
 
 
+def start_sweep(cfg: RunConfig, grid: dict[str, list[str]], *, runs_dir: Path, preset: str = "custom") -> tuple[str, int]:
+    """Start a sweep (the product of `grid` over `cfg`) in the background; returns (sweep_id, pid). Log: runs/jobs/<sweep_id>.log."""
+    from dataclasses import asdict
+
+    from core.sweep import expand, new_sweep_id
+
+    expand(cfg, grid)  # every combination is validated here, so a bad value is refused before anything starts
+    sweep_id = new_sweep_id()
+    log = Path(runs_dir) / "jobs" / f"{sweep_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sets = [arg for k, v in asdict(cfg).items() if k != "data" for arg in ("--set", f"{k}={v}")]
+    grids = [arg for k, values in grid.items() for arg in ("--grid", f"{k}={','.join(values)}")]
+    cmd = [sys.executable, "-m", "core", "sweep", "--preset", "paper", "--data", cfg.data, *sets, *grids,
+           "--runs-dir", str(runs_dir), "--sweep-id", sweep_id, "--label-preset", preset, "--no-progress"]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    return sweep_id, proc.pid
+
+
 def is_alive(pid: int | None) -> bool:
     if not pid:
         return False

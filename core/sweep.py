@@ -45,10 +45,15 @@ def expand(base: RunConfig, grid: dict[str, list[str]]) -> list[tuple[dict[str, 
     return combos
 
 
-def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, preset: str = "", progress: Progress | None = None) -> tuple[str, list[RunResult]]:
+def new_sweep_id() -> str:
+    return "sweep-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, preset: str = "", progress: Progress | None = None,
+              sweep_id: str | None = None) -> tuple[str, list[RunResult]]:
     """Run every combination; the first run's splits are reused by all the others."""
     combos = expand(base, grid)
-    sweep_id = "sweep-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    sweep_id = sweep_id or new_sweep_id()
     results: list[RunResult] = []
     splits: dict[str, int] | None = None
     for varying, cfg in combos:

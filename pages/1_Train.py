@@ -1,4 +1,8 @@
-"""Train: choose a preset, adjust any setting, start a run in the background and watch it train."""
+"""Train: choose a preset, adjust any setting, start a run or a sweep in the background and watch it train.
+
+Runs are background processes (core.jobs), so a page refresh or a closed tab does not stop them;
+the page only reads their progress from the store.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,14 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.config import PRESETS, RunConfig, apply_overrides, preset
-from core.dashboard import job_progress
-from core.jobs import cancel, start_run
+from core.config import PRESETS, SECTIONS, RunConfig, apply_overrides, preset
+from core.dashboard import job_progress, sweep_progress
+from core.jobs import cancel, start_run, start_sweep
+from core.sweep import parse_grid
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
+FIELDS = {f.name: f for f in fields(RunConfig)}
 
 st.set_page_config(page_title="Train · cxr-transfer", layout="wide")
 st.title("Train")
@@ -23,38 +29,61 @@ st.title("Train")
 name = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
                     help="paper: the study's protocol (ResNet-50, 224 px, 10 folds, 250 iterations). quick: a 2-core CPU demo.")
 base = preset(name)
-with st.form("train_form"):
-    data = st.text_input("Data set", DEMO_DIR, help=RunConfig.__dataclass_fields__["data"].metadata["help"], key="train_data")
-    values = {}
-    cols = st.columns(3)
-    for k, f in enumerate(x for x in fields(RunConfig) if x.name != "data"):
-        col, value, meta = cols[k % 3], getattr(base, f.name), f.metadata
-        key = f"train_{name}_{f.name}"
-        if f.type == "bool":
-            values[f.name] = col.checkbox(f.name, value, help=meta["help"], key=key)
-        elif "choices" in meta:
-            values[f.name] = col.selectbox(f.name, meta["choices"], index=meta["choices"].index(value), help=meta["help"], key=key)
-        elif f.type == "int":
-            values[f.name] = col.number_input(f.name, value=value, step=1, help=meta["help"], key=key)
-        elif f.type == "float":
-            values[f.name] = col.number_input(f.name, value=float(value), format="%g", help=meta["help"], key=key)
-        else:
-            values[f.name] = col.text_input(f.name, value, help=meta["help"], key=key)
-    submitted = st.form_submit_button("Start run")
 
-if submitted:
+
+def field_input(col, f, value):
+    """One form field for one RunConfig setting, with the setting's own help text."""
+    meta, key = f.metadata, f"train_{name}_{f.name}"
+    if f.type == "bool":
+        return col.checkbox(f.name, value, help=meta["help"], key=key)
+    if "choices" in meta:
+        return col.selectbox(f.name, meta["choices"], index=meta["choices"].index(value), help=meta["help"], key=key)
+    if f.type == "int":
+        return col.number_input(f.name, value=value, step=1, help=meta["help"], key=key)
+    if f.type == "float":
+        return col.number_input(f.name, value=float(value), format="%g", help=meta["help"], key=key)
+    return col.text_input(f.name, value, help=meta["help"], key=key)
+
+
+with st.form("train_form"):
+    data = st.text_input("Data set", DEMO_DIR, help=FIELDS["data"].metadata["help"], key="train_data")
+    values = {}
+    for section, names in SECTIONS.items():
+        names = [n for n in names if n != "data"]
+        with st.expander(section, expanded=section in ("Model and weights", "Optimisation")):
+            cols = st.columns(3)
+            for k, field_name in enumerate(names):
+                values[field_name] = field_input(cols[k % 3], FIELDS[field_name], getattr(base, field_name))
+    grid_text = st.text_area(
+        "Sweep grid (optional): one setting per line, values comma-separated", key="train_grid", height=90,
+        placeholder="max_iterations=50,100,200\nlearning_rate=1e-3,1e-4",
+        help="'Start sweep' runs every combination on the same folds, so the Compare page can test them pairwise (DeLong).")
+    left, right = st.columns(2)
+    submitted = left.form_submit_button("Start run", type="primary")
+    sweep_submitted = right.form_submit_button("Start sweep")
+
+if submitted or sweep_submitted:
     try:
         cfg = apply_overrides(base, [f"data={data}"] + [f"{k}={v}" for k, v in values.items() if v != asdict(base)[k]])
-        run_id, _ = start_run(cfg, runs_dir=RUNS_DIR, preset=name)
-        st.session_state["train_job"] = run_id
+        if sweep_submitted:
+            grid = parse_grid([line for line in grid_text.splitlines() if line.strip()])
+            sweep_id, _ = start_sweep(cfg, grid, runs_dir=RUNS_DIR, preset=name)
+            n_runs = 1
+            for v in grid.values():
+                n_runs *= len(v)
+            st.session_state["train_sweep"] = (sweep_id, n_runs)
+            st.session_state.pop("train_job", None)
+        else:
+            run_id, _ = start_run(cfg, runs_dir=RUNS_DIR, preset=name)
+            st.session_state["train_job"] = run_id
+            st.session_state.pop("train_sweep", None)
     except CxrError as exc:
         st.error(str(exc))
 
 
-@st.fragment(run_every=2)
-def live(run_id: str) -> None:
+def show_run(run_id: str, *, title: str) -> None:
     p = job_progress(RUNS_DIR, run_id)
-    st.subheader(f"Run {run_id}: {p['status']}")
+    st.subheader(f"{title}: {p['status']}")
     if p["status"] == "starting":
         st.caption("Reading the data set and checking weights...")
         if p["log"]:
@@ -63,15 +92,37 @@ def live(run_id: str) -> None:
     label = f"{p['done']} of {p['total']} iterations" if p["total"] else f"{p['done']} iterations"
     eta = f", about {p['eta_s']:.0f} s left" if p["eta_s"] else ""
     st.progress(p["fraction"], text=f"{label}, {p['folds_done']} folds finished, {p['elapsed_s']:.0f} s training{eta}")
-    if p["status"] == "running" and st.button("Cancel run", key="train_cancel"):
+    if p["status"] == "running" and st.button("Cancel", key=f"train_cancel_{run_id}"):
         cancel(RUNS_DIR, run_id)
     if p["status"] in ("failed", "interrupted"):
         st.error(p["error"] or "the run's process ended without finishing; finished folds are kept")
     if not p["curve"].empty:
         left, right = st.columns(2)
-        left.plotly_chart(figures.training_curves(p["curve"], metric="accuracy"), width="stretch")
-        right.plotly_chart(figures.training_curves(p["curve"], metric="loss"), width="stretch")
+        left.plotly_chart(figures.training_curves(p["curve"], metric="accuracy"), width="stretch", key=f"acc_{run_id}")
+        right.plotly_chart(figures.training_curves(p["curve"], metric="loss"), width="stretch", key=f"loss_{run_id}")
 
 
-if "train_job" in st.session_state:
-    live(st.session_state["train_job"])
+@st.fragment(run_every=2)
+def live_run(run_id: str) -> None:
+    show_run(run_id, title=f"Run {run_id}")
+
+
+@st.fragment(run_every=2)
+def live_sweep(sweep_id: str, n_runs: int) -> None:
+    s = sweep_progress(RUNS_DIR, sweep_id, n_runs)
+    st.subheader(f"Sweep {sweep_id}: {s['status']}, {s['done']} of {s['total']} runs finished")
+    st.progress(s["done"] / s["total"], text=f"{s['done']} of {s['total']} runs")
+    if not s["table"].empty:
+        st.dataframe(s["table"], hide_index=True)
+    if s["status"] in ("failed", "cancelled", "interrupted") or (s["status"] == "starting" and s["log"]):
+        st.code(s["log"] or "(no log)")
+    if s["status"] == "finished":
+        st.success(f"Sweep finished: compare its runs on the Compare page (or: python -m core report --sweep {sweep_id}).")
+    if s["current"]:
+        show_run(s["current"], title="Training now")
+
+
+if "train_sweep" in st.session_state:
+    live_sweep(*st.session_state["train_sweep"])
+elif "train_job" in st.session_state:
+    live_run(st.session_state["train_job"])

@@ -119,6 +119,49 @@ def test_train_page_starts_a_background_run_that_lands_in_the_store(tmp_path, mo
     assert '"image_size": 32' in run["config"] and '"max_iterations": 2' in run["config"]
 
 
+def test_train_page_starts_a_background_sweep_on_shared_folds(tmp_path, monkeypatch):
+    """'Start sweep' runs every grid combination in one background process, all on the same folds (so DeLong pairs them)."""
+    import time
+
+    data = blob_dataset(tmp_path / "data", n_per_class=6)
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "th"))
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
+    at.text_input(key="train_data").set_value(str(data))
+    for field, value in {"image_size": 32, "folds": 2, "batch_size": 4}.items():
+        at.number_input(key=f"train_quick_{field}").set_value(value)
+    at.checkbox(key="train_quick_gradcam").set_value(False)
+    at.text_area(key="train_grid").set_value("max_iterations=1,2")
+    at.button[1].click().run()  # the form's second submit button: Start sweep
+    assert not at.exception and not at.error
+    sweep_id, n_runs = at.session_state["train_sweep"]
+    assert n_runs == 2
+    store = Store(tmp_path / "runs")
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        runs = store.query("SELECT run_id, status FROM runs WHERE sweep_id = ?", [sweep_id])
+        if len(runs) == 2 and (runs["status"] != "running").all():
+            break
+        time.sleep(1)
+    assert runs["status"].tolist() == ["finished", "finished"]
+    a, b = (store.splits(r).set_index("image_id")["fold"] for r in runs["run_id"])
+    assert a.sort_index().equals(b.sort_index())
+    at.run()
+    assert "2 of 2 runs finished" in at.subheader[0].value
+
+
+def test_train_page_refuses_a_bad_sweep_grid_before_starting(tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
+    at.text_area(key="train_grid").set_value("folds=3,5")
+    at.button[1].click().run()
+    assert not at.exception and "cannot vary" in at.error[0].value
+    at.text_area(key="train_grid").set_value("learning_rate=0.1,-2")
+    at.button[1].click().run()
+    assert "learning_rate must be greater than 0" in at.error[0].value
+    assert "train_sweep" not in at.session_state and not (tmp_path / "runs" / "jobs").exists()
+
+
 def test_train_page_refuses_bad_settings_with_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
     at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
