@@ -1,4 +1,4 @@
-"""Command line: `python -m core demo-data|run|sweep|report|export|predict|runs|settings ...`.
+"""Command line: `python -m core demo-data|cohort|run|sweep|report|export|predict|runs|settings ...`.
 
 stdout carries only the result a script wants (a run id, a path, a table); progress bars,
 notices and errors go to stderr. Exit codes: 0 success, 2 a problem the user can fix (one
@@ -25,6 +25,24 @@ def get_args_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-per-class", type=int, default=200, help="images per class (default 200)")
     demo.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
     demo.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same images")
+
+    cohort = sub.add_parser("cohort", help="select a cohort from MIMIC-CXR-JPG, CheXpert or NIH ChestX-ray14 into a CSV manifest")
+    cohort.add_argument("source", choices=["mimic", "chexpert", "nih"], help="which release ROOT holds")
+    cohort.add_argument("root", type=Path, help="the release folder (MIMIC: the one holding files/; CheXpert: the dataset folder "
+                                                  "or its parent; NIH: the one holding Data_Entry_2017.csv and images*/)")
+    cohort.add_argument("--out", required=True, type=Path, help="manifest CSV to write; the cohort flow goes to <stem>.flow.json next to it")
+    cohort.add_argument("--finding", default="Pleural Effusion", help="finding(s), comma-separated, one class each (default 'Pleural Effusion')")
+    cohort.add_argument("--normal", default="No Finding", help="the normal class's label ('' = none; default 'No Finding')")
+    cohort.add_argument("--uncertain", choices=["exclude", "positive", "negative"], default="exclude",
+                        help="uncertain (-1) labels of a chosen finding: exclude the image (default) or count them as positive/negative")
+    cohort.add_argument("--views", default="PA,AP", help="views to keep, comma-separated, or 'all' (default PA,AP)")
+    cohort.add_argument("--n-per-class", type=int, default=500, help="images sampled per class (default 500; 0 = all)")
+    cohort.add_argument("--seed", type=int, default=0, help="sampling seed; the same seed gives the same cohort")
+    cohort.add_argument("--one-per-patient", action="store_true", help="keep one image per patient (chosen with --seed)")
+    cohort.add_argument("--split", choices=["all", "train", "validate", "test"], default="all", help="the release's official split (default all)")
+    cohort.add_argument("--multi-finding", choices=["exclude", "first"], default="exclude",
+                        help="images with more than one chosen finding: exclude (default) or the first in --finding order")
+    cohort.add_argument("--labels-dir", type=Path, default=None, help="folder holding the label/metadata CSVs when they are not in ROOT")
 
     run = sub.add_parser("run", help="cross-validate one configuration and store it")
     run.add_argument("--preset", default="quick", help="paper (the study's protocol) or quick (a 2-core CPU demo); default quick")
@@ -83,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return {"demo-data": cmd_demo_data, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
+        return {"demo-data": cmd_demo_data, "cohort": cmd_cohort, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
                 "settings": cmd_settings}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -109,6 +127,26 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
             raise CxrError(str(exc)) from None
     print(f"wrote {2 * args.n_per_class} SYNTHETIC images (not real radiographs) to {args.out}", file=sys.stderr)
     print(manifest.parent)
+    return 0
+
+
+def cmd_cohort(args: argparse.Namespace) -> int:
+    from core.data.cohorts import CohortError, CohortOptions, build_cohort, check_out, format_flow, parse_list, parse_views, write_cohort
+
+    check_out(args.out)  # before reading a large release
+    options = CohortOptions(findings=parse_list(args.finding), normal=args.normal.strip(), uncertain=args.uncertain, views=parse_views(args.views),
+                            n_per_class=args.n_per_class, seed=args.seed, one_per_patient=args.one_per_patient, split=args.split,
+                            multi_finding=args.multi_finding)
+    try:
+        cohort = build_cohort(args.source, args.root, options, labels_dir=args.labels_dir)
+    except CohortError as exc:
+        print(format_flow(exc.flow), file=sys.stderr)
+        raise
+    manifest, flow = write_cohort(cohort, args.out)
+    print(format_flow(cohort.flow), file=sys.stderr)
+    print(f"wrote {len(cohort.table)} images to {manifest} and the cohort flow to {flow}; train with: "
+          f"python -m core run --data {manifest}", file=sys.stderr)
+    print(manifest)
     return 0
 
 

@@ -14,7 +14,7 @@ import pandas as pd
 from core import CxrError
 
 COLUMNS = ["image_id", "path", "label", "group", "view", "mask_path", "excluded_reason"]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".dcm", ".dicom"}
 DEMO_MARKER = "SYNTHETIC.txt"
 
 
@@ -26,6 +26,7 @@ class Manifest:
     source: str  # demo | folders | csv
     root: str  # the folder or CSV it was read from
     synthetic: bool  # demo phantom images: shown and reported as synthetic
+    flow: dict | None = None  # the cohort flow (`<manifest stem>.flow.json`) when `python -m core cohort` wrote the manifest
 
     @property
     def included(self) -> pd.DataFrame:
@@ -40,6 +41,7 @@ def build_manifest(
     label_column: str = "label",
     group_column: str = "",
     positive_labels: str = "",
+    fold_column: str = "",
 ) -> Manifest:
     """Read any supported source into a Manifest; `source='auto'` decides from what `data` is."""
     root = Path(data).expanduser()
@@ -53,9 +55,11 @@ def build_manifest(
     elif kind == "folders":
         manifest = from_class_folders(root)
     elif kind == "csv":
-        manifest = from_csv(root, path_column=path_column, label_column=label_column, group_column=group_column)
+        manifest = from_csv(root, path_column=path_column, label_column=label_column, group_column=group_column, fold_column=fold_column)
     else:
         raise CxrError(f"unknown data source {kind!r}; choose auto, demo, folders or csv")
+    if fold_column and kind != "csv":
+        raise CxrError("fold_column needs a CSV manifest (a column of fold numbers); leave it empty for demo or class folders")
     if positive_labels.strip():
         manifest.table = binarize(manifest.table, [v.strip() for v in positive_labels.split(",") if v.strip()])
     return manifest
@@ -97,16 +101,20 @@ def from_class_folders(root: Path) -> Manifest:
     return Manifest(_table(rows), "folders", str(root), synthetic=False)
 
 
-def from_csv(csv_path: Path, *, path_column: str, label_column: str, group_column: str = "") -> Manifest:
+def from_csv(csv_path: Path, *, path_column: str, label_column: str, group_column: str = "", fold_column: str = "") -> Manifest:
     """A CSV with user-chosen columns; relative paths are taken relative to the CSV's folder."""
     csv_path = csv_path if csv_path.is_file() else csv_path / "manifest.csv"
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise CxrError(f"cannot read CSV manifest {csv_path}: {exc}") from None
+    if not group_column and "group" in df.columns:
+        group_column = "group"  # a column named `group` (as in cohort manifests) is the patient id unless another is chosen
     needed = {"path_column": path_column, "label_column": label_column}
     if group_column:
         needed["group_column"] = group_column
+    if fold_column:
+        needed["fold_column"] = fold_column
     for setting, column in needed.items():
         if column not in df.columns:
             raise CxrError(
@@ -130,9 +138,22 @@ def from_csv(csv_path: Path, *, path_column: str, label_column: str, group_colum
                 excluded="missing label" if not rec[label_column].strip() else ("no path" if not raw else ""),
             )
         )
+        if fold_column:
+            rows[-1]["fold"] = rec[fold_column].strip()
     if not rows:
         raise CxrError(f"CSV manifest {csv_path} has no rows")
-    return Manifest(_table(rows), "csv", str(csv_path), synthetic=False)
+    return Manifest(_table(rows, extra=["fold"] if fold_column else []), "csv", str(csv_path), synthetic=False, flow=_read_flow(csv_path))
+
+
+def _read_flow(csv_path: Path) -> dict | None:
+    """The cohort flow written next to a cohort manifest, if any (shown on the Data page, stored with the data set)."""
+    import json
+
+    flow = csv_path.with_name(csv_path.stem + ".flow.json")
+    try:
+        return json.loads(flow.read_text(encoding="utf-8")) if flow.is_file() else None
+    except (OSError, ValueError):
+        return None  # a damaged flow file must not stop the data set from loading
 
 
 def binarize(table: pd.DataFrame, positives: list[str]) -> pd.DataFrame:
@@ -167,8 +188,8 @@ def _row(image_id: str, path: str, label: str, *, group: str = "", view: str = "
     }
 
 
-def _table(rows: list[dict]) -> pd.DataFrame:
-    table = pd.DataFrame(rows, columns=COLUMNS)
+def _table(rows: list[dict], extra: list[str] | None = None) -> pd.DataFrame:
+    table = pd.DataFrame(rows, columns=COLUMNS + (extra or []))
     dupes = table["image_id"].duplicated(keep="first")
     table.loc[dupes & (table["excluded_reason"] == ""), "excluded_reason"] = "duplicate image_id"
     return table.reset_index(drop=True)
