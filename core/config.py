@@ -41,6 +41,8 @@ class RunConfig:
     positive_labels: str = _f(
         "", "Label value(s), comma-separated, that count as the positive class; '' keeps the labels as they are."
     )
+    fold_column: str = _f("", "CSV manifests: column holding your own fold numbers (1..k); '' = the tool assigns folds. "
+                              "Audited for patient leakage before training.")
     image_size: int = _f(224, "Images are resized to this many pixels square (the study: 224 for ResNet-50).", min=16, max=1024)
 
     # --- model ----------------------------------------------------------------------------
@@ -147,7 +149,7 @@ def preset(name: str) -> RunConfig:
 
 # How the Train page groups the settings (every field exactly once; tests check it).
 SECTIONS: dict[str, list[str]] = {
-    "Data": ["data", "source", "path_column", "label_column", "group_column", "positive_labels", "image_size"],
+    "Data": ["data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column", "image_size"],
     "Model and weights": ["backbone", "weights", "head_lr_factor", "freeze_backbone"],
     "Optimisation": ["optimizer", "learning_rate", "momentum", "weight_decay", "batch_size", "max_iterations", "max_epochs", "eval_every"],
     "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],

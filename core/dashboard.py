@@ -264,26 +264,32 @@ def start_quick_demo(runs_dir: Path, demo_dir: Path) -> str:
 
 
 def data_overview(runs_dir: Path, *, data: str, source: str = "auto", path_column: str = "path", label_column: str = "label",
-                  group_column: str = "", positive_labels: str = "", folds: int = 10, seed: int = 0,
-                  thumb: int = 96, progress=None) -> dict:
+                  group_column: str = "", positive_labels: str = "", fold_column: str = "", folds: int = 10, seed: int = 0,
+                  group_by_patient: bool = True, thumb: int = 96, progress=None) -> dict:
     """A data set as the Data page shows it: counts, patients, exclusions with reasons, samples per class, a fold preview."""
     import numpy as np
 
     from core import CxrError
     from core.config import RunConfig
     from core.data.prepare import cache_dir_for, prepare_data
-    from core.data.splits import assign_folds
+    from core.data.splits import assign_folds, audit_leakage
 
     cfg = RunConfig(data=data, source=source, path_column=path_column, label_column=label_column, group_column=group_column,
-                    positive_labels=positive_labels, image_size=thumb, folds=folds, seed=seed)
+                    positive_labels=positive_labels, fold_column=fold_column, image_size=thumb, folds=folds, seed=seed)
     prepared = prepare_data(cfg, cache_dir=cache_dir_for(Path(runs_dir)), progress=progress)
     table = prepared.manifest.table
     included = table[table["excluded_reason"] == ""]
     samples = {c: [prepared.pixels[i] for i in np.flatnonzero(prepared.labels == k)[:6]] for k, c in enumerate(prepared.classes)}
+    audit = None
     try:
-        fold_of = assign_folds(prepared.labels, prepared.groups, folds=folds, seed=seed, class_names=prepared.classes)
+        if prepared.user_folds is not None:
+            fold_of = prepared.user_folds
+        else:
+            fold_of = assign_folds(prepared.labels, prepared.groups if group_by_patient else None, folds=folds, seed=seed,
+                                   class_names=prepared.classes)
         preview = pd.crosstab(pd.Series(fold_of + 1, name="fold"), pd.Series([prepared.classes[i] for i in prepared.labels], name="class"))
         fold_error = ""
+        audit = audit_leakage(fold_of, prepared.groups)  # the same check the engine runs before training
     except CxrError as exc:
         preview, fold_error = pd.DataFrame(), str(exc)
     return {
@@ -291,7 +297,9 @@ def data_overview(runs_dir: Path, *, data: str, source: str = "auto", path_colum
         "balance": included["label"].value_counts().sort_index().rename_axis("class").reset_index(name="images"),
         "patients": int(included["group"].nunique()) if prepared.groups is not None else None,
         "excluded": table.loc[table["excluded_reason"] != "", ["image_id", "path", "excluded_reason"]],
-        "samples": samples, "folds": preview, "fold_error": fold_error, "n_images": len(included),
+        "samples": samples, "folds": preview, "fold_error": fold_error, "n_images": len(included), "audit": audit,
+        "user_folds": prepared.user_folds is not None,
+        "flow": pd.DataFrame(prepared.manifest.flow["steps"]) if prepared.manifest.flow and prepared.manifest.flow.get("steps") else None,
     }
 
 

@@ -23,7 +23,7 @@ import torchvision
 from core import CxrError, __version__
 from core.config import RunConfig, budget
 from core.data.prepare import PreparedData, cache_dir_for, prepare_data
-from core.data.splits import assign_folds
+from core.data.splits import assign_folds, audit_leakage
 from core.explain import explain_fold, summarize_localisation
 from core.metrics import summarize
 from core.models import BACKBONES, build_model, get_module
@@ -98,14 +98,26 @@ def run_cross_validation(
     # Build one model up front: a missing ImageNet file or a bad weights file stops the run before any training.
     _, weights = build_model(cfg.backbone, len(data.classes), cfg.weights)
     groups = data.groups if cfg.group_by_patient else None
-    if fixed_splits is None:
-        fold_of = assign_folds(data.labels, groups, folds=cfg.folds, seed=cfg.seed, class_names=data.classes)
-    else:
+    if fixed_splits is not None:
         if set(fixed_splits) != set(data.image_ids):
             raise CxrError("this run's images differ from the sweep's first run, so its splits cannot be reused")
         fold_of = np.array([fixed_splits[i] for i in data.image_ids])
+    elif data.user_folds is not None:
+        fold_of = data.user_folds
+        if int(fold_of.max()) + 1 != cfg.folds:
+            raise CxrError(f"fold column {cfg.fold_column!r} holds {int(fold_of.max()) + 1} folds but folds={cfg.folds}; "
+                           f"pass --set folds={int(fold_of.max()) + 1}")
+    else:
+        fold_of = assign_folds(data.labels, groups, folds=cfg.folds, seed=cfg.seed, class_names=data.classes)
+    # Audit the split actually used against the patient ids, whoever made it; a leaking split only runs when the
+    # user turned grouping off on purpose, and the run carries the audit so every report can say so.
+    audit = audit_leakage(fold_of, data.groups)
+    if audit.status == "leaks" and cfg.group_by_patient:
+        raise CxrError(f"the split would leak patients between training and test: {audit.message}. Fix the fold column or the "
+                       "patient ids, or turn grouping off on purpose with --set group_by_patient=false (the run is then marked as leaking)")
 
-    store.save_dataset(data.dataset_id, source=data.manifest.source, root=data.manifest.root, synthetic=data.manifest.synthetic, table=data.manifest.table, classes=data.classes)
+    store.save_dataset(data.dataset_id, source=data.manifest.source, root=data.manifest.root, synthetic=data.manifest.synthetic, table=data.manifest.table, classes=data.classes,
+                       flow=data.manifest.flow)
     store.create_run(
         run_id,
         name=name or run_id,
@@ -126,6 +138,8 @@ def run_cross_validation(
         n_images=len(data.labels),
         folds=cfg.folds,
         grouped=groups is not None,
+        leak_status=audit.status,
+        leakage=audit.message,
         pid=os.getpid(),
     )
     store.save_splits(run_id, data.image_ids, fold_of.tolist())

@@ -134,7 +134,15 @@ def _data_summary(store: Store, run: dict) -> str:
     where = f"{ds['source'].iloc[0]} data set at {ds['root'].iloc[0]}" if not ds.empty else "data set"
     out = [f"<p><b>Data:</b> {_e(where)}; {int(per_class['images'].sum())} images used"
            + (", grouped by patient into folds" if bool(run["grouped"]) else ", no patient ids (folds split by image)") + ".</p>"]
+    if run.get("leakage"):
+        out.append(f"<p{' class=warn' if run.get('leak_status') == 'leaks' else ''}><b>Patient leakage audit:</b> {_e(run['leakage'])}.</p>")
     out.append(_table(["class", "images", "patients"], per_class.values.tolist()))
+    flow = store.query("SELECT flow FROM datasets WHERE dataset_id = ?", [run["dataset_id"]])
+    if not flow.empty and flow["flow"].iloc[0]:
+        steps = json.loads(flow["flow"].iloc[0]).get("steps", [])
+        out.append("<p>Cohort selection:</p>" + _table(["step", "images", "studies", "patients", "removed", "reason"],
+                   [[st.get("name"), st.get("n_images"), st.get("n_studies"), st.get("n_patients"), st.get("n_removed") or "",
+                     st.get("reason") or ""] for st in steps]))
     if not excluded.empty:
         out.append("<p>Excluded files and why:</p>" + _table(["reason", "files"], excluded.values.tolist()))
     return "".join(out)

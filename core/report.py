@@ -97,6 +97,7 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
         row["auc_one_vs_rest"] = {c: float(roc_auc_score(labels == k, probs[:, k])) for k, c in enumerate(classes) if 0 < (labels == k).sum() < len(labels)}
         row["auc_macro"] = float(np.mean(list(row["auc_one_vs_rest"].values())))
     row["train_seconds"] = float(run["train_seconds"])
+    row["leak_status"], row["leakage"] = run.get("leak_status") or "unknown", run.get("leakage") or "not recorded (run made before the audit)"
     row["confusion"] = {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
     row["config"] = json.loads(run["config"])
     row["classes"], row["positive_class"] = classes, run["positive_class"]
@@ -184,6 +185,9 @@ def _footer(rows: list[dict]) -> str:
             "p: paired DeLong test against the first row on the same images, Holm-adjusted over the comparisons.")
     if any(r["synthetic"] for r in rows):
         note += " Data: SYNTHETIC demo phantom images, not real radiographs."
+    leaking = [r["name"] for r in rows if r.get("leak_status") == "leaks"]
+    if leaking:
+        note += f" LEAKING SPLIT (patients in several folds, grouping turned off): {', '.join(leaking)}; those results are optimistic."
     return note
 
 

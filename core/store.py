@@ -24,7 +24,7 @@ import pandas as pd
 
 from core import CxrError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "runs.duckdb"
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 
@@ -71,7 +71,15 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS energy_in_mask DOUBLE;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS energy_chance DOUBLE;
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2}  # version -> SQL that brings version-1 up to it
+# v3: the leakage audit of the split each run used (status: clean | leaks | unchecked, and its sentence),
+# and the cohort flow of data sets made by `python -m core cohort`.
+_SCHEMA_V3 = """
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS leak_status VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS leakage VARCHAR;
+ALTER TABLE datasets ADD COLUMN IF NOT EXISTS flow VARCHAR;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}  # version -> SQL that brings version-1 up to it
 
 
 def default_runs_dir() -> Path:
@@ -155,12 +163,15 @@ class Store:
             raise CxrError(f"runs folder {self.runs_dir} is not writable; choose another with --runs-dir or ${RUNS_DIR_ENV}")
 
     # -- writes --------------------------------------------------------------------------
-    def save_dataset(self, dataset_id: str, *, source: str, root: str, synthetic: bool, table: pd.DataFrame, classes: list[str]) -> None:
+    def save_dataset(self, dataset_id: str, *, source: str, root: str, synthetic: bool, table: pd.DataFrame, classes: list[str],
+                     flow: dict | None = None) -> None:
         images = table.rename(columns={"group": "group_id"}).assign(dataset_id=dataset_id)
         with self.transaction() as con:
             con.execute(
-                "INSERT OR REPLACE INTO datasets VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [dataset_id, source, root, synthetic, len(table), int((table["excluded_reason"] != "").sum()), json.dumps(classes), now()],
+                "INSERT OR REPLACE INTO datasets (dataset_id, source, root, synthetic, n_images, n_excluded, classes, created_at, flow) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [dataset_id, source, root, synthetic, len(table), int((table["excluded_reason"] != "").sum()), json.dumps(classes), now(),
+                 json.dumps(flow) if flow else None],
             )
             con.register("new_images", images)
             con.execute(

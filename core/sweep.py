@@ -13,7 +13,8 @@ from core.engine import Progress, RunResult, run_cross_validation
 from core.store import Store
 
 # Settings that change which images go where: a sweep over them would compare runs on other splits.
-SPLIT_FIELDS = {"data", "source", "path_column", "label_column", "group_column", "positive_labels", "folds", "seed", "group_by_patient"}
+SPLIT_FIELDS = {"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column", "folds", "seed",
+                "group_by_patient"}
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:

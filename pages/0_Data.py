@@ -29,15 +29,18 @@ if kind == "csv":
                "label_column": c2.text_input("Label column", "label", key="data_labelcol"),
                "group_column": c3.text_input("Patient column (optional)", "", key="data_groupcol"),
                "positive_labels": c4.text_input("Positive label value(s), comma-separated (optional)", "", key="data_pos")}
-c1, c2 = st.columns(2)
+    options["fold_column"] = st.text_input("Your own fold column (optional; audited for patient leakage)", "", key="data_foldcol")
+c1, c2, c3 = st.columns(3)
 folds = c1.number_input("Folds (preview)", 2, 50, 10, key="data_folds")
 seed = c2.number_input("Seed", 0, 10**6, 0, key="data_seed")
+grouped = c3.checkbox("Keep each patient in one fold", True, key="data_grouped",
+                      help="Turning this off lets a patient's images sit in training and test folds: results would be optimistic.")
 if not path:
     st.info("Enter a path to look at a data set.")
     st.stop()
 bar = st.progress(0.0, text="Reading images (decoded once, then cached)...")
 try:
-    d = data_overview(RUNS_DIR, data=path, source=kind, folds=int(folds), seed=int(seed),
+    d = data_overview(RUNS_DIR, data=path, source=kind, folds=int(folds), seed=int(seed), group_by_patient=grouped,
                       progress=lambda done, total: bar.progress(done / total, text=f"Reading images: {done} of {total}"), **options)
 except CxrError as exc:
     bar.empty()
@@ -62,11 +65,31 @@ fig = px.bar(d["balance"], x="class", y="images", color="class", color_discrete_
              title="Class balance", labels={"images": "images (count)", "class": "class"})
 left.plotly_chart(fig, width="stretch")
 with right:
-    st.markdown("**Fold assignment (preview)**" + (" — grouped by patient" if d["patients"] is not None else " — images split independently (no patient ids)"))
+    how = ("your fold column" if d["user_folds"] else "grouped by patient" if d["patients"] is not None and grouped
+           else "images split independently")
+    st.markdown(f"**Fold assignment (preview)**: {how}")
     if d["fold_error"]:
         st.error(d["fold_error"])
     else:
         st.dataframe(d["folds"])
+    audit = d["audit"]
+    if audit is not None:  # the check the engine repeats before training
+        if audit.status == "clean":
+            st.success(f"Leakage audit: {audit.message}.")
+        elif audit.status == "leaks":
+            st.error(f"Leakage audit: {audit.message}. A run with this split refuses to start unless grouping is turned off "
+                     "on purpose (group_by_patient=false); it is then marked as leaking.")
+        else:
+            st.warning(f"Leakage audit {audit.message}.")
+
+if d["flow"] is not None:
+    st.subheader("Cohort flow")
+    st.caption("How the cohort was selected (written by `python -m core cohort`): images, studies and patients left after each step, "
+               "and why the others left.")
+    flow = d["flow"]
+    st.dataframe(flow[[c for c in ["name", "n_images", "n_studies", "n_patients", "n_removed", "reason", "note"] if c in flow.columns]]
+                 .rename(columns={"name": "step", "n_images": "images", "n_studies": "studies", "n_patients": "patients",
+                                  "n_removed": "removed"}), hide_index=True)
 
 st.subheader("Excluded files")
 if d["excluded"].empty:

@@ -30,6 +30,10 @@ except CxrError as exc:
 row, run = d["row"], d["run"]
 if row["synthetic"]:
     st.warning("Data: SYNTHETIC demo phantom images, not real radiographs.")
+if run.get("leak_status") == "leaks":
+    st.error(f"Leaking split (grouping was turned off for this run): {run['leakage']}. Its results are optimistic.")
+elif run.get("leak_status") == "unchecked":
+    st.caption(f"Patient leakage {run['leakage']}.")
 if str(run["weights_used"]).startswith("none"):
     st.caption(f"Weights: {run['weights_used']} (trained from scratch, not transfer learning).")
 

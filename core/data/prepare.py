@@ -19,6 +19,7 @@ from core import CxrError
 from core.config import RunConfig
 from core.data.cache import ImageCache
 from core.data.sources import Manifest, build_manifest
+from core.data.splits import parse_user_folds
 
 log = logging.getLogger(__name__)
 CACHE_DIR_ENV = "CXR_CACHE_DIR"
@@ -37,6 +38,7 @@ class PreparedData:
     positive: int  # index of the positive class
     dataset_id: str  # fingerprint of (image_id, content, label) of the included images
     mask_paths: list[str] | None = None  # lesion mask per image ('' = none), when the source has masks
+    user_folds: np.ndarray | None = None  # (N,) 0-based folds from the manifest's fold column, when the user supplies the split
 
 
 NORMAL_NAMES = {"normal", "no finding", "negative", "healthy", "none", "0"}
@@ -67,6 +69,7 @@ def prepare_data(cfg: RunConfig, *, cache_dir: Path, progress: Callable[[int, in
         label_column=cfg.label_column,
         group_column=cfg.group_column,
         positive_labels=cfg.positive_labels,
+        fold_column=cfg.fold_column,
     )
     table = manifest.table.copy()
     table["content_hash"] = ""
@@ -109,4 +112,5 @@ def prepare_data(cfg: RunConfig, *, cache_dir: Path, progress: Callable[[int, in
         positive=positive,
         dataset_id=fingerprint,
         mask_paths=included["mask_path"].tolist() if (included["mask_path"] != "").any() else None,
+        user_folds=parse_user_folds(included["fold"].tolist(), column=cfg.fold_column) if cfg.fold_column else None,
     )

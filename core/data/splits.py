@@ -6,6 +6,8 @@ here a patient's images always share one fold unless the user turns grouping off
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
@@ -66,3 +68,56 @@ def check_no_leak(fold_of: np.ndarray, groups: np.ndarray) -> None:
     leaking = patients[n_folds > 1]
     if len(leaking):
         raise CxrError(f"{len(leaking)} patient(s) appear in more than one fold (e.g. {leaking[0]}); the split would leak")
+
+
+@dataclass(frozen=True)
+class LeakAudit:
+    """Whether any patient's images sit in more than one fold, checked on the split a run actually uses."""
+
+    status: str  # "clean": no patient in two folds | "leaks": some are | "unchecked": no patient ids to check with
+    n_patients: int
+    leaking_patients: int
+    leaking_images: int
+    examples: tuple[str, ...]
+
+    @property
+    def message(self) -> str:
+        if self.status == "unchecked":
+            return "not checked: the data set has no patient ids, so images of one patient may sit in different folds"
+        if self.status == "clean":
+            return f"no patient in two folds ({self.n_patients} patients)"
+        return (f"{self.leaking_patients} of {self.n_patients} patients ({self.leaking_images} images) have images in more than one fold, "
+                f"e.g. {', '.join(self.examples)}")
+
+
+def audit_leakage(fold_of: np.ndarray, groups: np.ndarray | None) -> LeakAudit:
+    """Audit a fold assignment against patient ids (whoever made it: this tool, a sweep, or the user's own fold column)."""
+    if groups is None:
+        return LeakAudit("unchecked", 0, 0, 0, ())
+    groups = np.asarray(groups).astype(str)
+    fold_of = np.asarray(fold_of)
+    patients, inverse = np.unique(groups, return_inverse=True)
+    folds_per_patient = np.array([len(np.unique(fold_of[inverse == k])) for k in range(len(patients))])
+    leaking = patients[folds_per_patient > 1]
+    n_images = int(np.isin(groups, leaking).sum())
+    return LeakAudit("leaks" if len(leaking) else "clean", len(patients), len(leaking), n_images, tuple(leaking[:3].tolist()))
+
+
+def parse_user_folds(values: list[str], *, column: str) -> np.ndarray:
+    """A user-supplied fold column as 0-based fold indices; 1..k and 0..k-1 are both accepted.
+
+    Raises:
+        CxrError: non-integer values, or folds that are not consecutive.
+    """
+    try:
+        raw = np.array([int(str(v).strip()) for v in values])
+    except ValueError:
+        bad = next(v for v in values if not str(v).strip().lstrip("-").isdigit())
+        raise CxrError(f"fold column {column!r} must hold whole fold numbers (1..k or 0..k-1); found {bad!r}") from None
+    found = np.unique(raw)
+    start = found.min() if len(found) else 0
+    if start not in (0, 1) or not np.array_equal(found, np.arange(start, start + len(found))):
+        raise CxrError(f"fold column {column!r} must number folds 1..k (or 0..k-1) without gaps; found {', '.join(map(str, found[:12]))}")
+    if len(found) < 2:
+        raise CxrError(f"fold column {column!r} holds a single fold; cross-validation needs at least two")
+    return raw - start
