@@ -81,7 +81,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     predict = sub.add_parser("predict", help="classify one image with a finished run's fold models (needs save_models=true)")
     predict.add_argument("run_id")
-    predict.add_argument("image", type=Path, help="PNG or JPEG")
+    predict.add_argument("image", type=Path, help="PNG, JPEG or DICOM")
     predict.add_argument("--threshold", type=float, default=0.5)
     _common(predict)
 

@@ -41,7 +41,7 @@ def fold_model_files(store: Store, run_id: str) -> list[Path]:
 
 
 def predict_image(store: Store, run_id: str, data: bytes, *, threshold: float = 0.5, device: str = "cpu") -> Prediction:
-    """Classify one encoded image (PNG, JPEG, ...) with the run's fold-model ensemble."""
+    """Classify one encoded image (PNG, JPEG, DICOM, ...) with the run's fold-model ensemble."""
     run = store.run(run_id)
     if run["status"] != "finished":
         raise CxrError(f"run {run_id} is {run['status']}; predictions need a finished run")
@@ -54,9 +54,9 @@ def predict_image(store: Store, run_id: str, data: bytes, *, threshold: float = 
     try:
         gray = decode_bytes(data, cfg["image_size"])
     except DecodeError as exc:
-        raise CxrError(f"cannot use this file: {exc}; upload a PNG or JPEG radiograph") from None
+        raise CxrError(f"cannot use this file: {exc}; upload a PNG, JPEG or DICOM radiograph") from None
     dev = torch.device(device)
-    x = torch.from_numpy(gray)[None]
+    x = torch.from_numpy(np.array(gray))[None]  # a writable copy (decoders may return read-only views)
     probs, cams = [], []
     for file in files:
         model, _ = build_model(cfg["backbone"], len(classes), "none")

@@ -27,7 +27,8 @@ run_id = st.selectbox("Run", list(runs), format_func=runs.get, key="predict_run"
 source = st.radio("Image", ["upload", "from the data set"], horizontal=True, key="predict_source")
 data = None
 if source == "upload":
-    upload = st.file_uploader("PNG or JPEG radiograph", type=["png", "jpg", "jpeg"], key="predict_upload")
+    upload = st.file_uploader("PNG, JPEG or DICOM radiograph", type=["png", "jpg", "jpeg", "dcm", "dicom"], key="predict_upload",
+                              help="DICOM: only the pixels are read; names, dates and ids in the header are never shown or stored.")
     if upload is not None:
         data = upload.getvalue()
 else:

@@ -216,12 +216,31 @@ def test_prediction_is_the_mean_of_the_fold_models(run_with_models):
     assert p.call in ("Effusion", "Normal") and p.cam.shape == (32, 32)
 
 
+def test_a_dicom_upload_is_classified_like_the_same_pixels_as_png(run_with_models):
+    """Hospitals export DICOM: the same pixels as DICOM (MONOCHROME2, 8-bit) and as PNG give the same probability."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from core.predict import predict_image
+    from test_dicom import make_dicom
+
+    store, result, data = run_with_models
+    pixels = np.asarray(Image.open(sorted((data / "Effusion").glob("*.png"))[0]))
+    png = io.BytesIO()
+    Image.fromarray(pixels).save(png, format="PNG")
+    from_dicom = predict_image(store, result.run_id, make_dicom(pixels, WindowCenter=127.5, WindowWidth=256))
+    from_png = predict_image(store, result.run_id, png.getvalue())
+    assert from_dicom.prob_positive == pytest.approx(from_png.prob_positive, abs=0.02)
+
+
 def test_a_non_image_upload_is_refused_with_advice(run_with_models):
     from core import CxrError
     from core.predict import predict_image
 
     store, result, _ = run_with_models
-    with pytest.raises(CxrError, match="upload a PNG or JPEG"):
+    with pytest.raises(CxrError, match="upload a PNG, JPEG or DICOM"):
         predict_image(store, result.run_id, b"%PDF-1.4 not an image")
 
 
