@@ -16,12 +16,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import CxrError
 from core.augment import AugmentSpec, augment_batch
 from core.config import RunConfig, budget
 from core.models import make_optimizer, param_groups
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DivergedError(CxrError):
+    """The loss became NaN or infinite: a model past that point predicts garbage, so the fold stops instead of scoring it."""
+
+    def __init__(self, fold: int, iteration: int, loss: float, learning_rate: float) -> None:
+        self.fold, self.iteration, self.loss = fold, iteration, loss
+        super().__init__(f"fold {fold + 1} diverged at iteration {iteration} (loss {loss}); lower the learning rate "
+                         f"(learning_rate={learning_rate:g})")
 
 
 @dataclass
@@ -115,6 +125,8 @@ def train_fold(
             "lr": cfg.learning_rate,
             "elapsed_s": time.perf_counter() - start - eval_time,
         }
+        if not math.isfinite(row["loss"]):
+            raise DivergedError(fold, it, row["loss"], cfg.learning_rate)
         outcome.curve.append(row)
         emit(row)
         if it % cfg.eval_every == 0 and it != total:
