@@ -360,3 +360,36 @@ def test_compare_overlays_training_curves_of_every_run(tmp_path):
     assert [t.name for t in fig.data] == ["2 its (mean of folds, smoothed)", "4 its (mean of folds, smoothed)"]
     assert [len(t.x) for t in fig.data] == [2, 4]  # one point per iteration, folds averaged
     assert fig.layout.xaxis.title.text == "iteration" and fig.layout.yaxis.title.text == "cross-entropy loss"
+
+
+def test_data_page_shows_the_leakage_audit_and_the_cohort_flow(tmp_path, monkeypatch):
+    """A user-supplied split that puts a patient in two folds is flagged before anyone trains on it."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from conftest import write_image
+
+    root = tmp_path / "data"
+    rows = []
+    for i in range(12):
+        write_image(root / f"img{i}.png", np.full((32, 32), 10 * i, np.uint8))
+        rows.append({"path": f"img{i}.png", "label": "Effusion" if i % 2 else "Normal", "group": f"p{i // 4}", "fold": 1 + i % 2})
+    pd.DataFrame(rows).to_csv(root / "cohort.csv", index=False)
+    (root / "cohort.flow.json").write_text(json.dumps({"steps": [
+        {"name": "images in the labels", "n_images": 30, "n_studies": 30, "n_patients": 9, "n_removed": 0, "reason": ""},
+        {"name": "view", "n_images": 12, "n_studies": 12, "n_patients": 3, "n_removed": 18, "reason": "not PA or AP"}]}))
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CXR_DATA_ROOTS", str(tmp_path))
+    at = AppTest.from_file(str(PAGES / "0_Data.py"), default_timeout=120).run()
+    at.radio(key="data_kind").set_value("csv").run()
+    at.text_input(key="data_path").set_value(str(root / "cohort.csv")).run()
+    at.text_input(key="data_foldcol").set_value("fold").run()
+    assert not at.exception
+    assert "Leakage audit: 3 of 3 patients (12 images) have images in more than one fold" in at.error[0].value
+    flow = next(df.value for df in at.dataframe if "step" in df.value.columns)
+    assert flow["removed"].tolist() == [0, 18] and flow["reason"].tolist()[1] == "not PA or AP"
+    at.number_input(key="data_folds").set_value(2)
+    at.text_input(key="data_foldcol").set_value("").run()  # the tool's own grouped folds: clean
+    assert "Leakage audit: no patient in two folds (3 patients)" in at.success[0].value
