@@ -6,6 +6,7 @@ grouped, and find every image decodable.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +72,25 @@ def test_dicom_class_folders_train_end_to_end(tmp_path):
     images = store.images(run["dataset_id"]).set_index("image_id")
     assert images.loc["Normal/damaged.dcm", "excluded_reason"] != ""
     assert "Jane" not in images.to_csv()  # no identifier from the DICOM headers reaches the store
+
+
+def test_several_findings_train_as_mutually_exclusive_classes(tmp_path):
+    """Effusion, Cardiomegaly and normal as three classes; an image with both findings is left out (the default policy)."""
+    labels = ["Effusion", "Cardiomegaly", "No Finding"]
+    rows = [(f"{p:08d}_000.png", labels[p % 3], str(p), "PA") for p in range(1, 19)]
+    rows.append(("00000099_000.png", "Effusion|Cardiomegaly", "99", "PA"))
+    root = write_nih(tmp_path / "nih", rows)
+    _distinct_images(root)
+    cohort = build_cohort("nih", root, CohortOptions(findings=["Pleural Effusion", "Cardiomegaly"], n_per_class=0))
+    assert "00000099_000.png" not in set(cohort.table["image_id"])
+    manifest, _ = write_cohort(cohort, tmp_path / "three.csv")
+    store = Store(tmp_path / "runs")
+    result = run_cross_validation(tiny_config(data=manifest, max_iterations=1, eval_every=1, gradcam=False, positive_class="Effusion"),
+                                  store=store)
+    run = store.run(result.run_id)
+    assert run["status"] == "finished" and sorted(json.loads(run["classes"])) == ["Cardiomegaly", "Effusion", "No Finding"]
+    from core.report import table3
+
+    row = table3(store, [result.run_id])[0]
+    assert set(row["auc_one_vs_rest"]) == {"Cardiomegaly", "Effusion", "No Finding"}  # one-vs-rest AUC per class, and their mean
+    assert len(store.predictions(result.run_id)["probs"].iloc[0]) == 3
