@@ -1,4 +1,4 @@
-"""Command line: `python -m core demo-data|cohort|run|sweep|report|export|predict|runs|settings ...`.
+"""Command line: `python -m core demo-data|cohort|run|resume|sweep|report|export|predict|runs|settings ...`.
 
 stdout carries only the result a script wants (a run id, a path, a table); progress bars,
 notices and errors go to stderr. Exit codes: 0 success, 2 a problem the user can fix (one
@@ -55,6 +55,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-id", default=None, help=argparse.SUPPRESS)  # set by background jobs that need the id up front
     run.add_argument("--label-preset", default=None, help=argparse.SUPPRESS)  # the preset name to store, when --set carries all fields
 
+    resume = sub.add_parser("resume", help="continue an interrupted, failed or cancelled run from its first unfinished fold")
+    resume.add_argument("run_id", help="the run to continue (same id, config and splits; finished folds are kept)")
+    _common(resume)
+    resume.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train the remaining folds (default: the run's)")
+    resume.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
+
     sweep = sub.add_parser("sweep", help="run the product of a grid of settings on identical splits")
     sweep.add_argument("--preset", default="quick", help="base preset (default quick)")
     sweep.add_argument("--data", required=True, help="demo folder, folder of class sub-folders, or CSV manifest")
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        return {"demo-data": cmd_demo_data, "cohort": cmd_cohort, "run": cmd_run, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
+        return {"demo-data": cmd_demo_data, "cohort": cmd_cohort, "run": cmd_run, "resume": cmd_resume, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
                 "settings": cmd_settings}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -163,6 +169,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                                       run_id=args.run_id)
     finally:
         reporter.close()
+    _print_result(result)
+    return 0
+
+
+def _print_result(result) -> None:
+    """The pooled result on stderr, the run id alone on stdout (for scripts)."""
     m = result.metrics
     print(
         f"pooled out-of-fold: AUC {m['auc']:.4f}, accuracy {m['accuracy']:.3f}, sensitivity {m['sensitivity']:.3f}, "
@@ -170,6 +182,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(result.run_id)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from core.engine import resume_cross_validation
+    from core.lifecycle import mark_interrupted
+    from core.store import Store, default_runs_dir
+
+    store = Store(args.runs_dir or default_runs_dir())
+    if store.path.exists():
+        mark_interrupted(store)
+    reporter = ProgressReporter(disable=args.no_progress)
+    try:
+        result = resume_cross_validation(store, args.run_id, device=args.device, progress=reporter)
+    finally:
+        reporter.close()
+    _print_result(result)
     return 0
 
 
@@ -242,15 +270,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from core.lifecycle import mark_interrupted
     from core.store import Store, default_runs_dir
 
-    runs = Store(args.runs_dir or default_runs_dir()).list_runs()
+    store = Store(args.runs_dir or default_runs_dir())
+    if store.path.exists():
+        _try(mark_interrupted, store)  # a run whose process died shows as interrupted (and can be resumed)
+    runs = store.list_runs()
     if runs.empty:
         print("no runs yet; start one with: python -m core run --preset quick --data PATH", file=sys.stderr)
         return 0
     cols = ["run_id", "status", "preset", "n_images", "folds", "auc", "accuracy", "sensitivity", "specificity", "train_seconds", "weights_used"]
     print(runs[cols].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if runs["status"].isin(["failed", "cancelled", "interrupted"]).any():
+        print("continue an unfinished run with: python -m core resume RUN_ID", file=sys.stderr)
     return 0
+
+
+def _try(action, *args) -> None:
+    """Best effort: listing must work on a store this user can only read."""
+    try:
+        action(*args)
+    except CxrError:
+        pass
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
@@ -292,8 +334,12 @@ class ProgressReporter:
             if event["synthetic"]:
                 notes.append("data: SYNTHETIC demo phantom images, not real radiographs")
             notes.append(f"weights: {w.used}" + (f" - {w.message}" if w.message else ""))
+            if event.get("resumed_folds") is not None:
+                notes.append(f"resuming: {event['resumed_folds']} finished fold(s) kept, the others train again")
             for line in notes:
                 logging.getLogger("core").info(line)
+        elif kind == "queued":
+            logging.getLogger("core").info(f"queued: waiting for the GPU, which run {event['holder'] or '(unknown)'} holds (one CUDA run at a time)")
         elif kind == "fold_start":
             self.close()
             self.loss = None

@@ -27,12 +27,16 @@ def make_demo(folder: Path, *, n_per_class: int = 200, size: int = 256, seed: in
 
 def runs_table(runs_dir: Path) -> pd.DataFrame:
     """The runs list as shown on the home page: readable column names, percentages for the metrics."""
-    runs = Store(Path(runs_dir)).list_runs()
+    from core.lifecycle import effective_status
+
+    store = Store(Path(runs_dir))
+    runs = store.list_runs()
     if runs.empty:
         return runs
+    owners = store.query("SELECT run_id, status, pid, host, pid_start FROM runs").set_index("run_id")
     table = pd.DataFrame({
         "run": runs["run_id"],
-        "status": runs["status"],
+        "status": [effective_status({**owners.loc[r].to_dict(), "status": s}) for r, s in zip(runs["run_id"], runs["status"])],
         "preset": runs["preset"],
         "data": runs["synthetic"].map({True: "synthetic demo", False: "user data"}),
         "images": runs["n_images"],
@@ -191,7 +195,9 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     import json
 
     from core.config import RunConfig, budget
-    from core.jobs import is_alive, log_tail
+    from core.gpuqueue import holder
+    from core.jobs import log_tail
+    from core.lifecycle import effective_status
 
     store = Store(Path(runs_dir))
     runs = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
@@ -204,27 +210,39 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     # the same budget the engine uses, for a training fold of about (k-1)/k of the images
     n_train = int(run["n_images"] or 0) * (cfg["folds"] - 1) // cfg["folds"]
     total = cfg["folds"] * budget(RunConfig.from_dict(cfg), n_train)[0] if n_train else None
-    status = run["status"]
-    if status == "running" and not is_alive(run["pid"]):
-        status = "interrupted"  # the process is gone without saying why (killed, power loss)
+    status = effective_status(run)  # 'interrupted' when the process is gone without saying why (killed, power loss)
     elapsed = float(curve.groupby("fold")["elapsed_s"].max().sum()) if not curve.empty else 0.0
     fraction = min(1.0, done / total) if total else 0.0
     eta = elapsed * (1 - fraction) / fraction if fraction > 0 and status == "running" else None
     return {"status": status, "fraction": fraction, "done": done, "total": total, "elapsed_s": elapsed, "eta_s": eta,
-            "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": len(store.folds(run_id))}
+            "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": _folds_done(store, run_id),
+            "gpu_holder": holder(Path(runs_dir)) if status == "queued" else ""}
+
+
+def _folds_done(store: Store, run_id: str) -> int:
+    folds = store.folds(run_id)
+    return int((folds["status"] == "finished").sum()) if not folds.empty else 0
+
+
+def unfinished_runs(runs_dir: Path) -> list[dict]:
+    """Failed, cancelled and interrupted runs for the Resume buttons: id, name, status, folds done of k, why it stopped."""
+    from core.lifecycle import unfinished_runs as unfinished
+
+    return unfinished(Store(Path(runs_dir)))
 
 
 def sweep_progress(runs_dir: Path, sweep_id: str, n_runs: int) -> dict:
     """Live state of a background sweep: its runs so far (name, status, AUC), the one training now, and the job log."""
-    from core.jobs import is_alive, log_tail
+    from core.jobs import log_tail
+    from core.lifecycle import process_alive
 
     runs = Store(Path(runs_dir)).query(
-        "SELECT run_id, name, status, auc, train_seconds, pid FROM runs WHERE sweep_id = ? ORDER BY created_at", [sweep_id])
+        "SELECT run_id, name, status, auc, train_seconds, pid, host, pid_start FROM runs WHERE sweep_id = ? ORDER BY created_at", [sweep_id])
     if runs.empty:  # the process is still reading the data set (or failed before its first run: the log says)
         return {"status": "starting", "done": 0, "total": n_runs, "table": pd.DataFrame(), "current": None,
                 "log": log_tail(runs_dir, sweep_id)}
-    current = runs[runs["status"] == "running"]
-    alive = bool(len(current)) and is_alive(current["pid"].iloc[0])
+    current = runs[runs["status"].isin(["running", "queued"])]
+    alive = bool(len(current)) and process_alive(current["pid"].iloc[0], current["host"].iloc[0], current["pid_start"].iloc[0])
     done = int((runs["status"] == "finished").sum())
     if done == n_runs:
         status = "finished"

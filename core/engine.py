@@ -7,13 +7,13 @@ store as soon as it ends, so a crash keeps every finished fold.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -25,12 +25,15 @@ from core.config import RunConfig, budget
 from core.data.prepare import PreparedData, cache_dir_for, prepare_data
 from core.data.splits import assign_folds, audit_leakage
 from core.explain import explain_fold, summarize_localisation
+from core.gpuqueue import gpu_slot
+from core.lifecycle import check_resumable, current_process
 from core.metrics import summarize
 from core.models import BACKBONES, build_model, get_module
-from core.store import IterationBuffer, Store, now
-from core.train import train_fold
+from core.runtime import resident_pixels, setup_device
+from core.store import DiskFullError, IterationBuffer, Store, is_disk_full, now
+from core.train import DivergedError, train_fold
 
-# Progress events: {"event": "loading"|"run_start"|"fold_start"|"iteration"|"fold_end"|"run_end", ...}
+# Progress events: {"event": "loading"|"run_start"|"queued"|"fold_start"|"iteration"|"fold_end"|"run_end", ...}
 Progress = Callable[[dict], None]
 
 
@@ -52,6 +55,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def needs_gpu_slot(device: torch.device) -> bool:
+    """CUDA runs take turns on the GPU (core/gpuqueue.py); CPU runs never wait."""
+    return device.type == "cuda"
 
 
 def code_version() -> str:
@@ -89,9 +97,9 @@ def run_cross_validation(
     """
     emit = progress or (lambda event: None)
     device = resolve_device(cfg.device)
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    setup_device(device, cfg.num_threads)
     run_id = run_id or new_run_id()
+    store.ensure_writable()  # a runs folder that cannot be written stops the run before any decoding
 
     emit({"event": "stage", "text": "reading data set"})
     data = prepare_data(cfg, cache_dir=cache_dir_for(store.runs_dir), progress=lambda d, t: emit({"event": "loading", "done": d, "total": t}))
@@ -140,32 +148,146 @@ def run_cross_validation(
         grouped=groups is not None,
         leak_status=audit.status,
         leakage=audit.message,
-        pid=os.getpid(),
+        **_owner(),
     )
     store.save_splits(run_id, data.image_ids, fold_of.tolist())
-    emit({"event": "run_start", "run_id": run_id, "folds": cfg.folds, "weights": weights, "n_images": len(data.labels),
-          "n_excluded": int((data.manifest.table["excluded_reason"] != "").sum()), "device": str(device), "synthetic": data.manifest.synthetic})
+    emit(_run_start_event(run_id, cfg, data, weights, device))
+    return _train_folds(cfg, data, fold_of, list(range(cfg.folds)), run_id=run_id, store=store, device=device, emit=emit,
+                        weights_used=weights.used)
 
-    run_start = time.perf_counter()
+
+def resume_cross_validation(store: Store, run_id: str, *, device: str | None = None, progress: Progress | None = None) -> RunResult:
+    """Continue a failed, cancelled or interrupted run under the same run id, with its stored config and splits.
+
+    Finished folds are kept as they are; every other fold first loses what a dying process
+    left of it (curve, predictions, heat-map index) and then trains again, so the finished run
+    holds exactly the rows a clean run would. The data set must be the same images (same
+    fingerprint) and the weights the same as before, or the folds would not belong together.
+
+    Raises:
+        CxrError: a finished run, a run whose process still lives, a diverged run, changed data or weights.
+    """
+    emit = progress or (lambda event: None)
+    run = check_resumable(store, run_id)
+    cfg = RunConfig.from_json(run["config"])
+    if device:
+        cfg = cfg.replace(device=device)
+    dev = resolve_device(cfg.device)
+    setup_device(dev, cfg.num_threads)
+    store.ensure_writable()
     try:
-        train_seconds = 0.0
-        for fold in range(cfg.folds):
-            train_seconds += _run_fold(cfg, data, fold_of, fold, run_id=run_id, store=store, device=device, emit=emit)
-        result = _finish(cfg, data, run_id, store, train_seconds=train_seconds, total_seconds=time.perf_counter() - run_start, weights_used=weights.used)
+        emit({"event": "stage", "text": "reading data set"})
+        data = prepare_data(cfg, cache_dir=cache_dir_for(store.runs_dir), progress=lambda d, t: emit({"event": "loading", "done": d, "total": t}))
+        if data.dataset_id != run["dataset_id"]:
+            raise CxrError(f"the data set changed since run {run_id} started (fingerprint {data.dataset_id}, was {run['dataset_id']}); "
+                           "resume needs the same images: restore them, or start a new run")
+        _, weights = build_model(cfg.backbone, len(data.classes), cfg.weights)
+        if weights.used != run["weights_used"]:
+            raise CxrError(f"run {run_id} trained with weights {run['weights_used']} but would now get {weights.used}; "
+                           "its folds would not be comparable: start a new run")
+        fold_of = _stored_splits(store, run_id, data)
+    except CxrError as exc:  # say it where the pages look, then stop
+        store.update_run(run_id, status="failed", error=f"resume: {exc}")
+        raise
+    done = store.folds(run_id)
+    done = done[done["status"] == "finished"] if not done.empty else done
+    todo = [k for k in range(cfg.folds) if k not in set(done["fold"].astype(int))] if not done.empty else list(range(cfg.folds))
+    store.clear_folds(run_id, todo)
+    store.update_run(run_id, status="running", error=None, finished_at=None, device=_device_name(dev), resumes=int(run.get("resumes") or 0) + 1,
+                     **_owner())
+    emit({**_run_start_event(run_id, cfg, data, weights, dev), "resumed_folds": len(done)})
+    prior = float((done["train_seconds"].sum() if not done.empty else 0.0))
+    prior_total = float((done["train_seconds"] + done["eval_seconds"]).sum()) if not done.empty else 0.0
+    return _train_folds(cfg, data, fold_of, todo, run_id=run_id, store=store, device=dev, emit=emit, weights_used=weights.used,
+                        prior_train_seconds=prior, prior_total_seconds=prior_total)
+
+
+def _owner() -> dict:
+    """Who runs the run now: pid, host and process start token (core/lifecycle.py tells a reused pid apart)."""
+    me = current_process()
+    return {"pid": me.pid, "host": me.host, "pid_start": me.token}
+
+
+def _run_start_event(run_id: str, cfg: RunConfig, data: PreparedData, weights, device: torch.device) -> dict:
+    return {"event": "run_start", "run_id": run_id, "folds": cfg.folds, "weights": weights, "n_images": len(data.labels),
+            "n_excluded": int((data.manifest.table["excluded_reason"] != "").sum()), "device": str(device), "synthetic": data.manifest.synthetic}
+
+
+def _stored_splits(store: Store, run_id: str, data: PreparedData) -> np.ndarray:
+    """The folds a run stored, in `data.image_ids` order; the images must be exactly the run's."""
+    table = store.splits(run_id)
+    stored = dict(zip(table["image_id"], table["fold"].astype(int))) if not table.empty else {}
+    if set(stored) != set(data.image_ids):
+        raise CxrError(f"run {run_id} stored splits for {len(stored)} images but the data set has {len(data.image_ids)} usable ones; "
+                       "resume needs the same images")
+    return np.array([stored[i] for i in data.image_ids])
+
+
+def _train_folds(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, todo: list[int], *, run_id: str, store: Store,
+                 device: torch.device, emit: Progress, weights_used: str, prior_train_seconds: float = 0.0,
+                 prior_total_seconds: float = 0.0) -> RunResult:
+    """Train the folds in `todo` (all, or those a resume still needs), then pool; every ending is written to the run's status."""
+    run_start = time.perf_counter()
+    fold = todo[0] if todo else -1
+    try:
+        with _gpu_turn(store, run_id, device, emit):
+            train_seconds = prior_train_seconds
+            for fold in todo:
+                train_seconds += _run_fold(cfg, data, fold_of, fold, run_id=run_id, store=store, device=device, emit=emit)
+            result = _finish(cfg, data, run_id, store, train_seconds=train_seconds,
+                             total_seconds=prior_total_seconds + time.perf_counter() - run_start, weights_used=weights_used)
     except KeyboardInterrupt:
-        store.update_run(run_id, status="cancelled", finished_at=now(), error="cancelled by the user")
+        _end(store, run_id, status="cancelled", error="cancelled by the user")
+        raise
+    except (DiskFullError, OSError) as exc:
+        if not (isinstance(exc, DiskFullError) or is_disk_full(exc)):
+            _end(store, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        message = (f"the disk holding {store.runs_dir} is full (no space left on device) while saving fold {fold + 1}; folds finished "
+                   f"before it are kept: free some space, then continue with: python -m core resume {run_id}")
+        _end(store, run_id, status="failed", error=message)
+        raise CxrError(message) from None
+    except CxrError as exc:  # the message already says what to do (a diverged fold, ...)
+        _end(store, run_id, status="failed", error=str(exc))
         raise
     except Exception as exc:
-        store.update_run(run_id, status="failed", finished_at=now(), error=f"{type(exc).__name__}: {exc}")
+        _end(store, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
         raise
     emit({"event": "run_end", "run_id": run_id, "metrics": result.metrics, "auc_mean_folds": result.auc_mean_folds})
     return result
 
 
+@contextmanager
+def _gpu_turn(store: Store, run_id: str, device: torch.device, emit: Progress) -> Iterator[None]:
+    """The GPU for this run, queued behind another CUDA run of this runs folder if need be; nothing to wait for on a CPU."""
+    if not needs_gpu_slot(device):
+        yield
+        return
+    waited: list[str] = []
+
+    def wait(holder: str) -> None:
+        waited.append(holder)
+        store.update_run(run_id, status="queued")
+        emit({"event": "queued", "run_id": run_id, "holder": holder})
+
+    with gpu_slot(store.runs_dir, run_id, on_wait=wait):
+        if waited:
+            store.update_run(run_id, status="running")
+        yield
+
+
+def _end(store: Store, run_id: str, *, status: str, error: str) -> None:
+    """Record how the run ended; if even that cannot be written (a full disk), the run reads as interrupted later."""
+    try:
+        store.update_run(run_id, status=status, finished_at=now(), error=error)
+    except Exception:  # noqa: BLE001 - the original error is the one worth raising
+        pass
+
+
 def _run_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int, *, run_id: str, store: Store, device: torch.device, emit: Progress) -> float:
     """Train and evaluate one fold, then write its metrics, curve and predictions in one go."""
     train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
-    pixels = torch.from_numpy(data.pixels)
+    pixels = resident_pixels(data, device)  # on the GPU once per run; batches are gathered there
     labels = torch.from_numpy(data.labels)
     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, fold, 0]).generate_state(1)[0]))  # the new head's init
     model, _ = build_model(cfg.backbone, len(data.classes), cfg.weights)
@@ -179,13 +301,21 @@ def _run_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int
         buffer.add({"run_id": run_id, "fold": fold, **row})
         emit({"event": "iteration", "fold": fold, **row})
 
-    outcome = train_fold(
-        cfg, model, head,
-        x_train=pixels[train_idx], y_train=labels[train_idx],
-        x_test=pixels[test_idx], y_test=labels[test_idx],
-        fold=fold, device=device, on_iteration=on_iteration,
-    )
-    buffer.flush(force=True)
+    try:
+        outcome = train_fold(
+            cfg, model, head,
+            x_train=pixels[train_idx], y_train=labels[train_idx],
+            x_test=pixels[test_idx], y_test=labels[test_idx],
+            fold=fold, device=device, on_iteration=on_iteration,
+        )
+        buffer.flush(force=True)
+        if not np.isfinite(outcome.test_probs).all():  # finite losses, yet the last step blew the weights up
+            raise DivergedError(fold, outcome.iterations, float("nan"), cfg.learning_rate)
+    except DivergedError as exc:  # the curve up to the blow-up stays for inspection; no metrics from garbage
+        buffer.flush(force=True)
+        store.save_fold(run_id, {"fold": fold, "status": "diverged", "n_train": len(train_idx), "n_test": len(test_idx),
+                                 "iterations": exc.iteration, "started_at": started, "finished_at": now()}, pd.DataFrame())
+        raise
     probs = outcome.test_probs
     y_test = data.labels[test_idx]
     m = summarize(y_test, probs, positive=data.positive)

@@ -16,7 +16,11 @@ from pathlib import Path
 
 from core.config import RunConfig
 from core.engine import new_run_id
+from core.lifecycle import ACTIVE, check_resumable, identify, is_alive, run_alive
+from core.safety import refuse_in_demo_mode
 from core.store import Store
+
+__all__ = ["start_run", "start_sweep", "start_resume", "cancel", "is_alive", "log_tail"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,6 +29,7 @@ def start_run(cfg: RunConfig, *, runs_dir: Path, preset: str = "custom", name: s
     """Start a run in the background; returns (run_id, pid). The config travels as --set field=value pairs."""
     from dataclasses import asdict
 
+    refuse_in_demo_mode("training")
     run_id = new_run_id()
     log = Path(runs_dir) / "jobs" / f"{run_id}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +47,7 @@ def start_sweep(cfg: RunConfig, grid: dict[str, list[str]], *, runs_dir: Path, p
 
     from core.sweep import expand, new_sweep_id
 
+    refuse_in_demo_mode("training")
     expand(cfg, grid)  # every combination is validated here, so a bad value is refused before anything starts
     sweep_id = new_sweep_id()
     log = Path(runs_dir) / "jobs" / f"{sweep_id}.log"
@@ -55,24 +61,30 @@ def start_sweep(cfg: RunConfig, grid: dict[str, list[str]], *, runs_dir: Path, p
     return sweep_id, proc.pid
 
 
-def is_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, PermissionError, ValueError):
-        return False
-    try:  # a finished child not yet reaped is a zombie: not alive
-        with open(f"/proc/{int(pid)}/stat") as fh:
-            return fh.read().split(") ")[-1].split()[0] != "Z"
-    except OSError:
-        return True
+def start_resume(run_id: str, *, runs_dir: Path) -> int:
+    """Resume a failed, cancelled or interrupted run in the background (`python -m core resume`); returns the pid.
+
+    Refusals (finished, still running, diverged) are raised here, before any process starts.
+    The new process is recorded as the run's owner at once, so the live view shows it running
+    rather than interrupted while it reads the data set. Its log continues runs/jobs/<run_id>.log.
+    """
+    refuse_in_demo_mode("resuming a run")
+    store = Store(Path(runs_dir))
+    check_resumable(store, run_id)
+    log = Path(runs_dir) / "jobs" / f"{run_id}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "core", "resume", run_id, "--runs-dir", str(runs_dir), "--no-progress"]
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    owner = identify(proc.pid)
+    store.update_run(run_id, status="running", error=None, pid=owner.pid, host=owner.host, pid_start=owner.token)
+    return proc.pid
 
 
 def cancel(runs_dir: Path, run_id: str) -> bool:
-    """Ask a running job to stop (SIGINT: it marks itself cancelled and keeps finished folds)."""
+    """Ask a running or queued job to stop (SIGINT: it marks itself cancelled and keeps finished folds)."""
     run = Store(Path(runs_dir)).run(run_id)
-    if run["status"] != "running" or not is_alive(run["pid"]):
+    if run["status"] not in ACTIVE or not run_alive(run):
         return False
     os.kill(int(run["pid"]), signal.SIGINT)
     return True

@@ -140,7 +140,8 @@ def _load_file(model: nn.Module, path: Path, spec: Backbone) -> WeightsReport:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickled code (refused by weights_only), truncated or foreign files
-        raise CxrError(f"cannot read weights file {path}: not a plain state dict ({type(exc).__name__}: {str(exc)[:200]})") from None
+        raise CxrError(f"cannot read weights file {path}: not a plain state dict ({_load_failure(exc)}); save one with "
+                       "torch.save(model.state_dict(), path)") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -167,6 +168,16 @@ def _load_file(model: nn.Module, path: Path, spec: Backbone) -> WeightsReport:
         message += f"; {len(missing)} missing key(s) (kept at random init, e.g. {missing[:3]}), {len(unexpected)} unexpected key(s) ignored (e.g. {unexpected[:3]})"
         log.warning(message)
     return WeightsReport(str(path), f"file:{path}", missing, unexpected, message)
+
+
+def _load_failure(exc: Exception) -> str:
+    """Why torch.load refused a file, in a few words, without torch's hint to retry with weights_only=False (unsafe)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        detail = next((line.strip() for line in text.split("WeightsUnpickler error:", 1)[1].splitlines() if line.strip()), "")
+        return (f"the safe loader refused it: {detail[:120]}; pickled Python objects other than tensors are never loaded, "
+                "because loading them could run code")
+    return f"{type(exc).__name__}: {text.split('. ')[0][:160]}"
 
 
 def param_groups(model: nn.Module, backbone: str, *, lr: float, head_lr_factor: float, freeze_backbone: bool) -> list[dict]:

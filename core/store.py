@@ -9,6 +9,8 @@ seconds, not every iteration.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import random
@@ -24,7 +26,7 @@ import pandas as pd
 
 from core import CxrError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_NAME = "runs.duckdb"
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 
@@ -79,7 +81,23 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS leakage VARCHAR;
 ALTER TABLE datasets ADD COLUMN IF NOT EXISTS flow VARCHAR;
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3}  # version -> SQL that brings version-1 up to it
+# v4: who runs a run, beyond its pid (a pid can be reused after a crash): the host and the process start token
+# (core/lifecycle.py), and how many times it was resumed.
+_SCHEMA_V4 = """
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_start VARCHAR;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS resumes INTEGER;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}  # version -> SQL that brings version-1 up to it
+
+
+class DiskFullError(CxrError):
+    """The disk holding the runs folder is full: what was committed before stays, the rest can be resumed."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    return (isinstance(exc, OSError) and exc.errno == errno.ENOSPC) or "no space left on device" in str(exc).lower()
 
 
 def default_runs_dir() -> Path:
@@ -113,7 +131,7 @@ class Store:
     def connect(self, *, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open, yield, close; retry while another process holds the file's lock."""
         if not read_only:
-            self._prepare_dir()
+            self.ensure_writable()
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.02
         while True:
@@ -140,8 +158,11 @@ class Store:
             try:
                 yield con
                 con.commit()
-            except BaseException:
-                con.rollback()
+            except BaseException as exc:
+                with contextlib.suppress(duckdb.Error):
+                    con.rollback()
+                if is_disk_full(exc):  # DuckDB says so in an IOException; the OS in an OSError
+                    raise DiskFullError(f"the disk holding {self.runs_dir} is full (no space left on device)") from None
                 raise
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
@@ -154,7 +175,8 @@ class Store:
             except duckdb.CatalogException:
                 return pd.DataFrame()  # a store created by a writer that has not made its tables yet
 
-    def _prepare_dir(self) -> None:
+    def ensure_writable(self) -> None:
+        """Create the runs folder or say, as a CxrError, why it cannot be written (called before any long work)."""
         try:
             self.runs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -215,12 +237,13 @@ class Store:
             con.execute(
                 f"INSERT OR REPLACE INTO folds ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
             )
-            con.register("new_preds", preds)
-            con.execute(
-                "INSERT OR REPLACE INTO predictions SELECT run_id, image_id, fold, label_index, pred_index, "
-                "prob_positive, probs::DOUBLE[] FROM new_preds"
-            )
-            con.unregister("new_preds")
+            if not preds.empty:  # a diverged fold stores its row and no prediction
+                con.register("new_preds", preds)
+                con.execute(
+                    "INSERT OR REPLACE INTO predictions SELECT run_id, image_id, fold, label_index, pred_index, "
+                    "prob_positive, probs::DOUBLE[] FROM new_preds"
+                )
+                con.unregister("new_preds")
             if cams is not None and not cams.empty:
                 con.register("new_cams", cams.assign(run_id=run_id))
                 con.execute(
@@ -228,6 +251,23 @@ class Store:
                     "prob_positive, has_mask, pointing_hit, pointing_chance, energy_in_mask, mask_fraction, peak_y, peak_x FROM new_cams"
                 )
                 con.unregister("new_cams")
+
+    def clear_folds(self, run_id: str, folds: list[int]) -> None:
+        """Remove what unfinished folds left behind (curve, predictions, heat-map index, fold row), before they train again."""
+        if not folds:
+            return
+        marks = ", ".join("?" for _ in folds)
+        with self.transaction() as con:
+            for table in ("cams", "predictions", "iterations", "folds"):
+                con.execute(f"DELETE FROM {table} WHERE run_id = ? AND fold IN ({marks})", [run_id, *folds])
+
+    def mark_interrupted(self, run_id: str, *, pid: Any, error: str) -> bool:
+        """'interrupted', only if the run is still running or queued under the same pid (no race with a resume)."""
+        with self.transaction() as con:
+            changed = con.execute(
+                "UPDATE runs SET status = 'interrupted', error = ? WHERE run_id = ? AND status IN ('running', 'queued') "
+                "AND pid IS NOT DISTINCT FROM ? RETURNING run_id", [error, run_id, None if pd.isna(pid) else int(pid)]).fetchall()
+        return bool(changed)
 
     def delete_run(self, run_id: str) -> None:
         """Remove a run's rows everywhere and its artifacts folder; the data set and the cache stay."""
