@@ -19,6 +19,8 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "densenet121", "ef
 OPTIMIZERS = ("sgdm", "adam")
 SOURCES = ("auto", "demo", "folders", "csv")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "on", "off")
 # weights: a name, or a path to a local state-dict file.
 NAMED_WEIGHTS = ("imagenet", "auto", "none")
 
@@ -83,7 +85,12 @@ class RunConfig:
 
     # --- execution ------------------------------------------------------------------------
     device: str = _f("auto", "auto (CUDA when present), cpu or cuda.", choices=DEVICES)
-    num_threads: int = _f(0, "CPU threads for torch; 0 = torch's default.", min=0)
+    num_threads: int = _f(0, "CPU threads for torch; 0 = the physical cores.", min=0)
+    precision: str = _f("auto", "fp32, bf16 (autocast; weights and optimiser stay fp32) or auto: bf16 on a CUDA GPU that "
+                                "supports it, fp32 on the CPU.", choices=PRECISIONS)
+    channels_last: str = _f("auto", "NHWC memory format: on, off, or auto (on with CUDA; off on the CPU, where it measured slower).",
+                            choices=MEMORY_FORMATS)
+    torch_compile: bool = _f(False, "Compile the model with torch.compile (slower first iterations; falls back to eager if compiling fails).")
     save_models: bool = _f(False, "Save each fold's trained weights under runs/<run_id>/ (needed to predict later).")
     eval_batch_size: int = _f(64, "Mini-batch size for held-out evaluation.", min=1)
 
@@ -155,7 +162,7 @@ SECTIONS: dict[str, list[str]] = {
     "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],
     "Cross-validation": ["folds", "group_by_patient", "seed", "positive_class"],
     "Grad-CAM": ["gradcam", "gradcam_max", "gradcam_size"],
-    "Execution": ["device", "num_threads", "save_models", "eval_batch_size"],
+    "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "save_models", "eval_batch_size"],
 }
 
 

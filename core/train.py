@@ -20,6 +20,7 @@ from core import CxrError
 from core.augment import AugmentSpec, augment_batch
 from core.config import RunConfig, budget
 from core.models import make_optimizer, param_groups
+from core.runtime import Execution, maybe_compile, resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -81,6 +82,7 @@ def train_fold(
     fold: int,
     device: torch.device,
     on_iteration: Callable[[dict], None] | None = None,
+    execution: Execution | None = None,
 ) -> FoldOutcome:
     """Train `model` on one fold's training images for the configured budget, then predict its held-out images.
 
@@ -89,8 +91,14 @@ def train_fold(
         y_train, y_test: (N,) int64 class indices.
         fold: fold index, mixed into the seeds so folds differ but runs repeat.
         on_iteration: called with every curve row as it is produced (progress, live store).
+        execution: precision, memory format and compilation (core.runtime); default: resolved from `cfg` for `device`.
+
+    Batches are gathered by index where the images are (on the GPU when the engine put them there),
+    then converted, augmented per image and normalised on `device`.
     """
-    model.to(device)
+    ex = execution or resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
+    ex.prepare_model(model)
+    forward = maybe_compile(model, ex.compile)
     x_train, y_train = x_train.to(device), y_train.to(device)
     groups = param_groups(model, cfg.backbone, lr=cfg.learning_rate, head_lr_factor=cfg.head_lr_factor, freeze_backbone=cfg.freeze_backbone)
     optimizer = make_optimizer(cfg.optimizer, groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -111,17 +119,21 @@ def train_fold(
         x = to_input(x_train[idx])
         if cfg.augment:
             x = augment_batch(x, spec, aug_gen)
-        logits = model(normalize(x))
-        loss = F.cross_entropy(logits, y_train[idx])
+        y = y_train[idx]
+        with ex.autocast():
+            logits = forward(ex.prepare_input(normalize(x)))
+            loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        # one device-to-host copy per iteration for both numbers (each float() would wait for the GPU)
+        loss_value, accuracy = torch.stack([loss.detach().float(), (logits.argmax(1) == y).float().mean()]).tolist()
         row = {
             "phase": "train",
             "iteration": it,
             "epoch": (it - 1) // per_epoch + 1,
-            "loss": float(loss.detach()),
-            "accuracy": float((logits.argmax(1) == y_train[idx]).float().mean()),
+            "loss": loss_value,
+            "accuracy": accuracy,
             "lr": cfg.learning_rate,
             "elapsed_s": time.perf_counter() - start - eval_time,
         }
@@ -131,7 +143,7 @@ def train_fold(
         emit(row)
         if it % cfg.eval_every == 0 and it != total:
             t0 = time.perf_counter()
-            heldout = _heldout_row(model, x_test, y_test, cfg, device, it, per_epoch)
+            heldout = _heldout_row(model, x_test, y_test, cfg, device, it, per_epoch, ex)
             eval_time += time.perf_counter() - t0
             heldout["elapsed_s"] = time.perf_counter() - start - eval_time
             outcome.curve.append(heldout)
@@ -141,7 +153,7 @@ def train_fold(
     outcome.iterations, outcome.epochs = total, total / per_epoch
 
     t0 = time.perf_counter()
-    probs = predict_probs(model, x_test, device, batch_size=cfg.eval_batch_size)
+    probs = predict_probs(model, x_test, device, batch_size=cfg.eval_batch_size, execution=ex)
     outcome.test_probs = probs
     final = _heldout_from_probs(probs, y_test, total, per_epoch)
     final["elapsed_s"] = outcome.train_seconds
@@ -152,13 +164,20 @@ def train_fold(
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, x_u8: torch.Tensor, device: torch.device, *, batch_size: int = 64) -> np.ndarray:
-    """Softmax probabilities (N, C) in eval mode; restores nothing (callers set the mode they need)."""
+def predict_probs(model: nn.Module, x_u8: torch.Tensor, device: torch.device, *, batch_size: int = 64,
+                  execution: Execution | None = None) -> np.ndarray:
+    """Softmax probabilities (N, C) in eval mode; restores nothing (callers set the mode they need).
+
+    `execution` gives the precision and memory format (as in training); default plain fp32.
+    """
+    ex = execution or Execution(device=device, amp_dtype=None, channels_last=False)
     model.eval()
     out = []
     for i in range(0, len(x_u8), batch_size):
-        batch = to_input(x_u8[i : i + batch_size].to(device))
-        out.append(torch.softmax(model(normalize(batch)).float(), dim=1).cpu())
+        batch = ex.prepare_input(normalize(to_input(x_u8[i : i + batch_size].to(device))))
+        with ex.autocast():
+            logits = model(batch)
+        out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
 
@@ -175,5 +194,6 @@ def _heldout_from_probs(probs: np.ndarray, y: torch.Tensor, it: int, per_epoch: 
     }
 
 
-def _heldout_row(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, cfg: RunConfig, device: torch.device, it: int, per_epoch: int) -> dict:
-    return _heldout_from_probs(predict_probs(model, x_test, device, batch_size=cfg.eval_batch_size), y_test, it, per_epoch)
+def _heldout_row(model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor, cfg: RunConfig, device: torch.device, it: int, per_epoch: int,
+                 ex: Execution | None = None) -> dict:
+    return _heldout_from_probs(predict_probs(model, x_test, device, batch_size=cfg.eval_batch_size, execution=ex), y_test, it, per_epoch)

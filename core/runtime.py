@@ -1,0 +1,172 @@
+"""How training runs on a device: threads, mixed precision, memory format, cuDNN autotuning and optional torch.compile.
+
+One place decides these for the engine, the benchmark and the tests, so a run on a CPU and a
+run on a GPU execute the same training code and differ only in the settings resolved here:
+
+| setting | CPU | CUDA |
+|---|---|---|
+| `precision=auto` | fp32 | bf16 autocast (weights, optimiser and loss stay fp32) when the GPU supports bf16 |
+| `channels_last=auto` | off (measured slower for ResNet-18 at 64 px on 2 cores) | on (tensor cores want NHWC) |
+| threads (`num_threads=0`) | the physical cores, one inter-op thread | the same, for the host side |
+| `cudnn.benchmark` | - | on (fixed input sizes: the fastest kernels are picked once) |
+| `torch_compile` | off unless asked; falls back to eager when compilation fails | same |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from core.config import MEMORY_FORMATS, PRECISIONS
+
+log = logging.getLogger(__name__)
+
+
+
+@dataclass(frozen=True)
+class Execution:
+    """The resolved execution settings of one run (what `auto` became on this device)."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None = plain fp32
+    channels_last: bool
+    compile: bool = False
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
+
+    def describe(self) -> str:
+        parts = [self.precision] + (["channels_last"] if self.channels_last else []) + (["compiled"] if self.compile else [])
+        return ", ".join(parts)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward pass (and the loss); a no-op for fp32."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Move to the device (and to NHWC when chosen), in place; returns the same module."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+
+def resolve(device: torch.device, precision: str = "auto", channels_last: str = "auto", torch_compile: bool = False) -> Execution:
+    """Turn the config's names into concrete settings for `device`; bf16 on a GPU without it is refused."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if channels_last not in MEMORY_FORMATS:
+        raise ValueError(f"channels_last must be one of {MEMORY_FORMATS}, got {channels_last!r}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    else:
+        amp = torch.bfloat16 if precision == "bf16" else None
+    if amp is not None and cuda and not torch.cuda.is_bf16_supported():
+        from core import CxrError
+
+        raise CxrError("precision=bf16 needs a GPU with bfloat16 support (Ampere or newer); use --set precision=fp32")
+    nhwc = cuda if channels_last == "auto" else channels_last == "on"
+    return Execution(device=device, amp_dtype=amp, channels_last=nhwc, compile=torch_compile)
+
+
+def setup_device(device: torch.device, num_threads: int = 0) -> int:
+    """Process-wide settings before training: CPU threads and, on CUDA, cuDNN autotuning.
+
+    Returns the number of intra-op threads in use.
+    """
+    threads = num_threads or physical_cores()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    try:
+        # Eager training has no inter-op parallelism to use; one thread avoids idle spinners. Only settable once.
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # TF32 is left at torch's defaults: precision=fp32 means what it says
+    return threads
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use: usable CPUs divided by hardware threads per core (SMT siblings)."""
+    try:
+        usable = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity API (macOS, Windows): logical CPUs
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in usable:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+        try:
+            cores.add(siblings.read_text().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))
+
+
+def maybe_compile(model: nn.Module, enabled: bool) -> Callable[..., torch.Tensor]:
+    """The callable the training loop should use for forward passes: torch.compile(model) when asked, else the model.
+
+    Compilation happens lazily at the first call; `CompiledForward` catches a failure there and
+    falls back to the eager model for the rest of the run (with one warning), so `torch_compile=true`
+    can never stop a run.
+    """
+    if not enabled:
+        return model
+    try:
+        compiled = torch.compile(model)
+    except Exception as exc:  # an unsupported platform or Python
+        log.warning("torch.compile is not available here (%s: %s); training eagerly", type(exc).__name__, exc)
+        return model
+    return CompiledForward(model, compiled)
+
+
+class CompiledForward:
+    """Calls the compiled model; if compiling or running it fails, the eager model takes over for good."""
+
+    def __init__(self, eager: nn.Module, compiled: Callable[..., torch.Tensor]) -> None:
+        self.eager, self.compiled, self.failed = eager, compiled, False
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        if not self.failed:
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as exc:  # inductor needs a C compiler, triton a supported GPU, ...
+                self.failed = True
+                log.warning("torch.compile failed (%s: %s); training eagerly", type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        return self.eager(*args, **kwargs)
+
+
+def resident_pixels(data, device: torch.device) -> torch.Tensor:
+    """The data set's uint8 images (N, S, S) on `device`: one transfer per run, reused by every fold.
+
+    Kept on the prepared data object, so folds (and a resumed run's remaining folds) gather their
+    batches by index on the GPU instead of copying the training set again. At 224 px an image is
+    50 KB, so 1,000 images take 50 MB and 100,000 take 5 GB; a set that would take more than half
+    of the GPU's free memory stays in host memory and is copied per fold instead.
+    """
+    store = data.__dict__.setdefault("_resident_pixels", {})
+    key = str(device)
+    if key not in store:
+        pixels = torch.from_numpy(data.pixels)
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if pixels.nbytes <= free // 2:
+                pixels = pixels.to(device)
+            else:
+                log.warning("the data set (%.1f GB) does not fit comfortably in GPU memory; it stays in host memory", pixels.nbytes / 1e9)
+        store[key] = pixels
+    return store[key]
