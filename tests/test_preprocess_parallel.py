@@ -80,3 +80,15 @@ def test_cached_large_jpegs_match_a_full_decode_and_resize(tmp_path):
             full = np.asarray(img.convert("L").resize((224, 224), Image.BICUBIC), dtype=np.int16)
         diff = np.abs(item.pixels.astype(np.int16) - full)
         assert diff.mean() < 2 and diff.max() < 16, (diff.mean(), diff.max())
+
+
+def test_jpeg_and_png_decoding_does_not_load_pydicom():
+    """Each worker process would otherwise pay pydicom's import (about 0.4 s) before its first JPEG."""
+    import subprocess
+    import sys
+
+    code = ("import io, sys, numpy as np; from PIL import Image; from core.data.decode import decode_bytes\n"
+            "for fmt in ('JPEG', 'PNG'):\n"
+            "    b = io.BytesIO(); Image.fromarray(np.zeros((40, 40), np.uint8)).save(b, format=fmt); decode_bytes(b.getvalue(), 16)\n"
+            "assert 'pydicom' not in sys.modules, 'pydicom was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))

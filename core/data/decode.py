@@ -58,6 +58,12 @@ def decode_bytes(data: bytes, size: int) -> np.ndarray:
     Raises:
         DecodeError: with a short reason (not an image, truncated, too large).
     """
+    # JPEG and PNG (nearly every radiograph export) skip the DICOM checks, and so the 0.4 s pydicom
+    # import in each decoding worker process: neither signature can begin a DICOM data set, and a
+    # preamble DICOM file is recognised by 'DICM' at byte 128 whatever its first bytes are.
+    if data[:3] == b"\xff\xd8\xff" or data[:8] == b"\x89PNG\r\n\x1a\n":
+        if data[128:132] != b"DICM":
+            return _decode_pillow(data, size)
     from core.data import dicom  # imported here: core.data.dicom imports DecodeError from this module
 
     if dicom.has_dicom_magic(data):
@@ -67,6 +73,11 @@ def decode_bytes(data: bytes, size: int) -> np.ndarray:
             return _decode_dicom(data, size, force=True)
         except dicom.NotDicom:
             pass  # only looked like DICOM: let Pillow try
+    return _decode_pillow(data, size)
+
+
+def _decode_pillow(data: bytes, size: int) -> np.ndarray:
+    """Everything that is not DICOM, through Pillow (large JPEGs in draft mode)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
