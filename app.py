@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from core.dashboard import demo_summary, environment, make_demo, runs_table, start_quick_demo
+from core.safety import DEMO_NOTICE, demo_mode
 
 DEMO_DIR = Path(os.environ.get("CXR_DEMO_DIR", "data/demo"))
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
@@ -19,6 +20,9 @@ st.write(
     "MATLAB study (ResNet-50, pleural effusion vs normal), and explore the results."
 )
 
+DEMO = demo_mode()
+if DEMO:
+    st.info(DEMO_NOTICE)
 env = st.cache_data(ttl=60, show_spinner=False)(environment)()
 cols = st.columns(2)
 cols[0].markdown(f"**Device:** {'GPU ' + env['gpu'] if env['gpu'] else 'CPU only (no CUDA GPU visible)'} · torch {env['torch']}")
@@ -33,7 +37,7 @@ st.subheader("Demo data")
 summary = demo_summary(DEMO_DIR)
 if summary is None:
     st.info(f"No demo data at `{DEMO_DIR}` yet.")
-    if st.button("Create demo data", key="home_make_demo"):
+    if not DEMO and st.button("Create demo data", key="home_make_demo"):
         with st.spinner("Drawing synthetic chest radiographs..."):
             make_demo(DEMO_DIR)
         st.rerun()
@@ -44,7 +48,7 @@ else:
     for col, (label, count) in zip(cols[1:], summary["per_class"].items()):
         col.metric(label, count)
     st.code(f"python -m core run --preset quick --data {DEMO_DIR}", language="bash")
-    if st.button("Start a quick demo run", key="home_quick_run", help="About 2.5 minutes on a 2-core CPU; runs in the background."):
+    if not DEMO and st.button("Start a quick demo run", key="home_quick_run", help="About 2.5 minutes on a 2-core CPU; runs in the background."):
         st.session_state["train_job"] = start_quick_demo(RUNS_DIR, DEMO_DIR)
         st.success(f"Started run {st.session_state['train_job']}; watch it on the Train page.")
         st.page_link("pages/1_Train.py", label="Watch it train")

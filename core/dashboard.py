@@ -21,7 +21,9 @@ def demo_summary(folder: Path) -> dict | None:
 
 def make_demo(folder: Path, *, n_per_class: int = 200, size: int = 256, seed: int = 0) -> Path:
     from core.data.phantom import make_demo_dataset
+    from core.safety import refuse_in_demo_mode
 
+    refuse_in_demo_mode("creating demo data")
     return make_demo_dataset(folder, n_per_class=n_per_class, size=size, seed=seed)
 
 
@@ -349,8 +351,14 @@ def disk_used(runs_dir: Path, run_id: str) -> int:
 
 
 def update_run_labels(runs_dir: Path, run_id: str, *, name: str, tags: str, notes: str) -> None:
+    from core.safety import refuse_in_demo_mode
+
+    refuse_in_demo_mode("renaming a run")
     Store(Path(runs_dir)).update_run(run_id, name=name.strip() or run_id, tags=tags.strip(), notes=notes.strip())
 
 
 def delete_run(runs_dir: Path, run_id: str) -> None:
+    from core.safety import refuse_in_demo_mode
+
+    refuse_in_demo_mode("deleting a run")
     Store(Path(runs_dir)).delete_run(run_id)

@@ -11,6 +11,7 @@ import streamlit as st
 from core import CxrError
 from core.dashboard import data_overview
 from core.figures import OKABE_ITO, TEMPLATE
+from core.safety import DEMO_NOTICE, check_data_path, demo_mode
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
@@ -18,10 +19,16 @@ DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
 st.set_page_config(page_title="Data · cxr-transfer", layout="wide")
 st.title("Data")
 
-kind = st.radio("Source", ["demo", "folders", "csv"], horizontal=True, key="data_kind",
-                format_func={"demo": "demo folder", "folders": "one sub-folder per class", "csv": "CSV manifest"}.get)
-path = st.text_input("Path", DEMO_DIR if kind == "demo" else "", key="data_path",
-                     help="A folder (demo or class folders) or a .csv file; CSV paths are relative to the CSV.")
+typed = not demo_mode()
+if not typed:  # no typed paths: the demo data set only
+    st.info(f"{DEMO_NOTICE} This page shows the demo data set.")
+    kind, path = "demo", DEMO_DIR
+else:
+    kind = st.radio("Source", ["demo", "folders", "csv"], horizontal=True, key="data_kind",
+                    format_func={"demo": "demo folder", "folders": "one sub-folder per class", "csv": "CSV manifest"}.get)
+    path = st.text_input("Path", DEMO_DIR if kind == "demo" else "", key="data_path",
+                         help="A folder (demo or class folders) or a .csv file under the data folders this dashboard may read "
+                              "(CXR_DATA_ROOTS); CSV paths are relative to the CSV.")
 options = {}
 if kind == "csv":
     c1, c2, c3, c4 = st.columns(4)
@@ -40,6 +47,8 @@ if not path:
     st.stop()
 bar = st.progress(0.0, text="Reading images (decoded once, then cached)...")
 try:
+    if typed:
+        check_data_path(path)
     d = data_overview(RUNS_DIR, data=path, source=kind, folds=int(folds), seed=int(seed), group_by_patient=grouped,
                       progress=lambda done, total: bar.progress(done / total, text=f"Reading images: {done} of {total}"), **options)
 except CxrError as exc:

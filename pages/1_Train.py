@@ -14,9 +14,11 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.config import PRESETS, SECTIONS, RunConfig, apply_overrides, preset
+from core.config import NAMED_WEIGHTS, PRESETS, SECTIONS, RunConfig, apply_overrides, preset
 from core.dashboard import job_progress, sweep_progress
-from core.jobs import cancel, start_run, start_sweep
+from core.jobs import cancel, start_resume, start_run, start_sweep
+from core.lifecycle import UNFINISHED
+from core.safety import DEMO_NOTICE, check_data_path, demo_mode
 from core.sweep import parse_grid
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
@@ -25,6 +27,9 @@ FIELDS = {f.name: f for f in fields(RunConfig)}
 
 st.set_page_config(page_title="Train · cxr-transfer", layout="wide")
 st.title("Train")
+if demo_mode():
+    st.info(f"{DEMO_NOTICE} Training is not available here.")
+    st.stop()
 
 name = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
                     help="paper: the study's protocol (ResNet-50, 224 px, 10 folds, 250 iterations). quick: a 2-core CPU demo.")
@@ -64,6 +69,9 @@ with st.form("train_form"):
 
 if submitted or sweep_submitted:
     try:
+        check_data_path(data)  # typed in a browser: only under the configured data roots
+        if values["weights"] not in NAMED_WEIGHTS:
+            check_data_path(values["weights"])
         cfg = apply_overrides(base, [f"data={data}"] + [f"{k}={v}" for k, v in values.items() if v != asdict(base)[k]])
         if sweep_submitted:
             grid = parse_grid([line for line in grid_text.splitlines() if line.strip()])
@@ -92,10 +100,20 @@ def show_run(run_id: str, *, title: str) -> None:
     label = f"{p['done']} of {p['total']} iterations" if p["total"] else f"{p['done']} iterations"
     eta = f", about {p['eta_s']:.0f} s left" if p["eta_s"] else ""
     st.progress(p["fraction"], text=f"{label}, {p['folds_done']} folds finished, {p['elapsed_s']:.0f} s training{eta}")
-    if p["status"] == "running" and st.button("Cancel", key=f"train_cancel_{run_id}"):
+    if p["status"] == "queued":
+        st.info(f"Queued: waiting for the GPU, which run {p['gpu_holder'] or '(unknown)'} holds (one CUDA run at a time).")
+    if p["status"] in ("running", "queued") and st.button("Cancel", key=f"train_cancel_{run_id}"):
         cancel(RUNS_DIR, run_id)
     if p["status"] in ("failed", "interrupted"):
         st.error(p["error"] or "the run's process ended without finishing; finished folds are kept")
+    elif p["status"] == "cancelled":
+        st.info("Cancelled; finished folds are kept.")
+    if p["status"] in UNFINISHED and st.button("Resume", key=f"train_resume_{run_id}", type="primary",
+                                                help="Continue from the first unfinished fold, with the same settings and folds"):
+        try:
+            start_resume(run_id, runs_dir=RUNS_DIR)
+        except CxrError as exc:
+            st.error(str(exc))
     if not p["curve"].empty:
         left, right = st.columns(2)
         left.plotly_chart(figures.training_curves(p["curve"], metric="accuracy"), width="stretch", key=f"acc_{run_id}")

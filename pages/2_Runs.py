@@ -10,13 +10,43 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.dashboard import delete_run, disk_used, run_detail, run_options, threshold_rates, update_run_labels
+from core.dashboard import delete_run, disk_used, run_detail, run_options, threshold_rates, unfinished_runs, update_run_labels
+from core.jobs import start_resume
+from core.safety import demo_mode
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
 st.set_page_config(page_title="Runs · cxr-transfer", layout="wide")
 st.title("Runs")
+DEMO = demo_mode()
 
+
+def unfinished_section() -> None:
+    """Failed, cancelled and interrupted runs, each with what stopped it and (outside demo mode) a Resume button."""
+    runs = unfinished_runs(RUNS_DIR)
+    if not runs:
+        return
+    with st.expander(f"Unfinished runs ({len(runs)})", expanded=not run_options(RUNS_DIR)):
+        for run in runs:
+            left, right = st.columns([4, 1])
+            left.markdown(f"**{run['name'] or run['run_id']}** · {run['status']} · {run['folds_done']} of {run['folds']} folds finished")
+            if run["error"]:
+                left.caption(run["error"])
+            if DEMO or not run["resumable"]:
+                continue
+            if right.button("Resume", key=f"runs_resume_{run['run_id']}", help="Continue from the first unfinished fold in the background"):
+                try:
+                    start_resume(run["run_id"], runs_dir=RUNS_DIR)
+                except CxrError as exc:
+                    st.error(str(exc))
+                else:
+                    st.session_state["train_job"] = run["run_id"]
+                    st.session_state.pop("train_sweep", None)
+                    st.success(f"Resuming {run['run_id']} in the background.")
+                    st.page_link("pages/1_Train.py", label="Watch it train")
+
+
+unfinished_section()
 options = run_options(RUNS_DIR)
 if not options:
     st.info("No finished run yet. Start one: `python -m core run --preset quick --data data/demo`.")
@@ -84,6 +114,8 @@ st.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["
 with st.expander("Configuration"):
     st.json(d["config"])
 
+if DEMO:  # read-only: no renaming or deleting
+    st.stop()
 with st.expander("Manage this run"):
     st.caption(f"Disk used by its artifacts: {disk_used(RUNS_DIR, run_id) / 1e6:.1f} MB")
     with st.form("runs_manage"):

@@ -57,3 +57,14 @@ def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "torch_home"
     monkeypatch.setenv("TORCH_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_roots_allow_test_folders(tmp_path_factory):
+    """Pages accept typed paths only under CXR_DATA_ROOTS (core/safety.py); tests type paths under pytest's temp folder.
+
+    tests/test_security.py sets its own roots to check the limit itself.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CXR_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()), "data"]))
+        yield

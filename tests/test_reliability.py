@@ -268,3 +268,56 @@ def _token(pid: int) -> str:
     from core.lifecycle import start_token
 
     return start_token(pid)
+
+
+# -- Resume and queue in the dashboard -------------------------------------------------------------------
+
+PAGES = ROOT / "pages"
+
+
+def _stopped_run(store: Store, run_id: str, status: str, **fields) -> None:
+    store.create_run(run_id, status=status, name=f"{run_id} run", folds=3, n_images=24, config=tiny_config("d").to_json(), **fields)
+
+
+def test_the_runs_page_lists_unfinished_runs_with_a_resume_button(tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    store = Store(tmp_path / "runs")
+    _stopped_run(store, "killed", "running", pid=2**22 + 7)  # its process is gone
+    _stopped_run(store, "stopped", "cancelled", error="cancelled by the user")
+    resumed = []
+    monkeypatch.setattr("core.jobs.start_resume", lambda run_id, **kw: resumed.append((run_id, kw)) or 1)
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    monkeypatch.setenv("CXR_DEMO_DIR", str(tmp_path / "no-demo"))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.switch_page("pages/2_Runs.py").run()  # from the home page, so the link to the Train page resolves
+    assert not at.exception
+    assert at.expander[0].label == "Unfinished runs (2)"
+    lines = [m.value for m in at.markdown]
+    assert "**killed run** · interrupted · 0 of 3 folds finished" in lines and "**stopped run** · cancelled · 0 of 3 folds finished" in lines
+    at.button(key="runs_resume_killed").click().run()
+    assert not at.exception and resumed == [("killed", {"runs_dir": store.runs_dir})]
+    assert at.session_state["train_job"] == "killed" and "Resuming killed" in at.success[0].value
+
+
+def test_the_train_page_offers_resume_for_a_failed_run_and_says_when_a_run_is_queued(tmp_path, monkeypatch, sleeper):
+    from streamlit.testing.v1 import AppTest
+
+    store = Store(tmp_path / "runs")
+    _stopped_run(store, "broke", "failed", error="the disk holding runs is full")
+    me = current_process()
+    _stopped_run(store, "waits", "queued", pid=sleeper.pid, host=me.host, pid_start=_token(sleeper.pid))
+    (store.runs_dir / "gpu.lock").write_text("broke")
+    resumed = []
+    monkeypatch.setattr("core.jobs.start_resume", lambda run_id, **kw: resumed.append(run_id) or 1)
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60)
+    at.session_state["train_job"] = "broke"
+    at.run()
+    assert not at.exception and "the disk holding runs is full" in at.error[0].value
+    at.button(key="train_resume_broke").click().run()
+    assert resumed == ["broke"]
+    at.session_state["train_job"] = "waits"
+    at.run()
+    assert "Queued: waiting for the GPU, which run broke holds" in at.info[0].value
+    assert at.button(key="train_cancel_waits") and not any(b.key == "train_resume_waits" for b in at.button)
