@@ -170,6 +170,18 @@ class Store:
         if not self.path.exists():
             return pd.DataFrame()
         with self.connect(read_only=True) as con:
+            if not self._schema_ready and _stored_version(con) < SCHEMA_VERSION:
+                outdated = True
+            else:
+                outdated, self._schema_ready = False, True
+                try:
+                    return con.execute(sql, params or []).df()
+                except duckdb.CatalogException:
+                    return pd.DataFrame()  # a store created by a writer that has not made its tables yet
+        if outdated:  # a store written by an older version: bring it forward once, then read (pages read before anyone writes)
+            with self.transaction():
+                pass
+        with self.connect(read_only=True) as con:
             try:
                 return con.execute(sql, params or []).df()
             except duckdb.CatalogException:
@@ -313,6 +325,14 @@ class Store:
     def schema_version(self) -> int:
         df = self.query("SELECT value FROM meta WHERE key = 'schema_version'")
         return int(df.iloc[0, 0]) if not df.empty else 0
+
+
+def _stored_version(con: duckdb.DuckDBPyConnection) -> int:
+    try:
+        row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except duckdb.CatalogException:
+        return SCHEMA_VERSION  # no tables yet: nothing to bring forward (the first writer creates them)
+    return int(row[0]) if row else SCHEMA_VERSION
 
 
 def _migrate(con: duckdb.DuckDBPyConnection) -> None:

@@ -96,6 +96,22 @@ def test_a_version_1_store_is_migrated_forward(tmp_path):
     assert store.cams("old").empty
 
 
+def test_a_dashboard_reading_an_old_store_first_migrates_it(tmp_path):
+    """After an upgrade the first access is often a page reading the runs list, not a writer: it must not fail on new columns."""
+    import duckdb
+
+    from core.dashboard import runs_table
+    from core.store import _SCHEMA_V1, SCHEMA_VERSION
+
+    con = duckdb.connect(str(tmp_path / "runs.duckdb"))
+    con.execute(_SCHEMA_V1)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    con.execute("INSERT INTO runs (run_id, status, synthetic, preset) VALUES ('old', 'finished', false, 'quick')")
+    con.close()
+    table = runs_table(tmp_path)
+    assert table["run"].tolist() == ["old"] and Store(tmp_path).schema_version() == SCHEMA_VERSION
+
+
 def test_a_store_from_a_newer_version_is_refused(tmp_path):
     Store(tmp_path).create_run("a")
     import duckdb
