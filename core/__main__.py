@@ -1,4 +1,4 @@
-"""Command line: `python -m core demo-data|cohort|run|resume|sweep|report|export|predict|runs|settings ...`.
+"""Command line: `python -m core demo-data|cohort|run|resume|sweep|report|export|predict|runs|settings|bench ...`.
 
 stdout carries only the result a script wants (a run id, a path, a table); progress bars,
 notices and errors go to stderr. Exit codes: 0 success, 2 a problem the user can fix (one
@@ -96,6 +96,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     settings = sub.add_parser("settings", help="list every setting with its preset value and help")
     settings.add_argument("--preset", default="paper")
+
+    bench = sub.add_parser("bench", help="time pre-processing, training throughput and the paper protocol against plain baselines")
+    bench.add_argument("--quick", action="store_true", help="scaled down for a CPU (under 2 minutes on 2 cores); default: the study's sizes")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
+    bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # a few seconds, for tests
     return parser
 
 
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return {"demo-data": cmd_demo_data, "cohort": cmd_cohort, "run": cmd_run, "resume": cmd_resume, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
-                "settings": cmd_settings}[args.command](args)
+                "settings": cmd_settings, "bench": cmd_bench}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -293,6 +299,19 @@ def _try(action, *args) -> None:
         action(*args)
     except CxrError:
         pass
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from bench.run import report, run_bench
+    except ImportError as exc:
+        raise CxrError(f"the benchmark lives in bench/ of the repository ({exc}); run python -m core bench from the repository root") from None
+
+    result = run_bench("tiny" if args.tiny else "quick" if args.quick else "full", args.device, args.out)
+    print(report(result))
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def cmd_settings(args: argparse.Namespace) -> int:
