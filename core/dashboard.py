@@ -38,6 +38,7 @@ def runs_table(runs_dir: Path) -> pd.DataFrame:
     owners = store.query("SELECT run_id, status, pid, host, pid_start FROM runs").set_index("run_id")
     table = pd.DataFrame({
         "run": runs["run_id"],
+        "name": runs["name"].fillna("").where(runs["name"].fillna("") != runs["run_id"], ""),
         "status": [effective_status({**owners.loc[r].to_dict(), "status": s}) for r, s in zip(runs["run_id"], runs["status"])],
         "preset": runs["preset"],
         "data": runs["synthetic"].map({True: "synthetic demo", False: "user data"}),
@@ -79,11 +80,34 @@ def run_detail(runs_dir: Path, run_id: str) -> dict:
         "classes": classes,
         "positive": run["positive_class"],
         "negative": next((c for c in classes if c != run["positive_class"]), "rest") if len(classes) == 2 else "rest",
-        "folds": folds[["fold", "n_train", "n_test", "iterations", "accuracy", "sensitivity", "specificity", "auc", "train_seconds"]],
+        "folds": with_fold_auc_ci(store, run_id, folds[["fold", "n_train", "n_test", "iterations", "accuracy", "sensitivity",
+                                                           "specificity", "auc", "train_seconds"]], run),
         "curve": store.iterations(run_id),
         "roc": roc_with_band(store, run_id, n_boot=300),
         "config": json.loads(run["config"]),
     }
+
+
+def with_fold_auc_ci(store: Store, run_id: str, folds: pd.DataFrame, run: dict) -> pd.DataFrame:
+    """Each fold's AUC with its 95 % DeLong interval (from that fold's stored predictions), for the forest plot."""
+    import json
+
+    import numpy as np
+
+    from core.stats import auc_delong
+
+    preds = store.predictions(run_id)
+    pos = json.loads(run["classes"]).index(run["positive_class"])
+    low, high = [], []
+    for fold in folds["fold"]:
+        part = preds[preds["fold"] == fold]
+        y = part["label_index"].to_numpy() == pos
+        if 0 < y.sum() < len(y):
+            ci = auc_delong(y, part["prob_positive"].to_numpy(dtype=float))
+            low.append(ci.low), high.append(ci.high)
+        else:  # a fold with one class has no AUC interval
+            low.append(np.nan), high.append(np.nan)
+    return folds.assign(auc_ci_low=low, auc_ci_high=high)
 
 
 def threshold_rates(runs_dir: Path, run_id: str, threshold: float) -> dict:

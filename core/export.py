@@ -76,7 +76,9 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         ops = [p for p in r["operating_points"] if "cross-fitted" not in p["name"]]
         negative = _negative(r)
         c = r["confusion"]
-        folds = store.folds(r["run_id"])
+        from core.dashboard import with_fold_auc_ci
+
+        folds = with_fold_auc_ci(store, r["run_id"], store.folds(r["run_id"]), store.run(r["run_id"]))
         curve = store.iterations(r["run_id"])
         figs = [figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=r["positive_class"], negative=negative),
                 figures.roc(band, auc=r["auc"], ci=(r["auc_ci_low"], r["auc_ci_high"]), points=ops),

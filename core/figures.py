@@ -42,13 +42,18 @@ def training_curves(curve: pd.DataFrame, *, metric: str = "loss", smoothing: flo
 def forest(folds: pd.DataFrame, *, pooled: float, mean: float) -> go.Figure:
     """Per-fold AUC as points, with the pooled and the mean per-fold AUC as reference lines."""
     fig = go.Figure()
-    fig.add_scatter(x=folds["auc"], y=[f"fold {f + 1}" for f in folds["fold"]], mode="markers",
-                    marker=dict(color=OKABE_ITO[4], size=10), name="fold AUC")
+    error = None
+    if "auc_ci_low" in folds.columns:  # 95 % DeLong interval of each fold's AUC, when the caller has it
+        error = dict(type="data", symmetric=False, array=(folds["auc_ci_high"] - folds["auc"]).to_numpy(),
+                     arrayminus=(folds["auc"] - folds["auc_ci_low"]).to_numpy(), color=OKABE_ITO[4])
+    fig.add_scatter(x=folds["auc"], y=[f"fold {f + 1}" for f in folds["fold"]], mode="markers", error_x=error,
+                    marker=dict(color=OKABE_ITO[4], size=10), name="fold AUC (95 % DeLong CI)" if error else "fold AUC")
     fig.add_vline(x=pooled, line=dict(color=OKABE_ITO[0], dash="dash"), annotation_text=f"pooled {pooled:.3f}")
     fig.add_vline(x=mean, line=dict(color=OKABE_ITO[2], dash="dot"), annotation_text=f"mean of folds {mean:.3f}",
                   annotation_position="bottom right")
     fig.update_yaxes(autorange="reversed")
-    low = float(np.nanmin([*folds["auc"].to_numpy(dtype=float), pooled, mean])) if len(folds) else 0.5
+    lows = folds["auc_ci_low"] if "auc_ci_low" in folds.columns else folds["auc"]
+    low = float(np.nanmin([*lows.to_numpy(dtype=float), *folds["auc"].to_numpy(dtype=float), pooled, mean])) if len(folds) else 0.5
     fig.update_xaxes(range=[max(0.0, min(0.5, low - 0.05)), 1.02])  # AUC lives in [0, 1]; start at chance unless a fold is worse
     return _layout(fig, "AUC per fold", "AUC (area under the ROC curve)", "held-out fold")
 

@@ -80,9 +80,10 @@ c = row["confusion"]
 event = left.plotly_chart(figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=d["positive"], negative=d["negative"]),
                           width="stretch", on_select="rerun", selection_mode="points", key="runs_confusion")
 picked = [pt["customdata"] for pt in (event.selection.points if event else []) if pt.get("customdata")]
+left.caption("Click a cell, or a button, to see those images in the Grad-CAM gallery:")
 buttons = left.columns(4)
 for col, outcome in zip(buttons, ["TP", "FN", "FP", "TN"]):
-    if col.button(f"{outcome} heat maps", key=f"runs_open_{outcome}", help=f"Open the {outcome} images in the Grad-CAM gallery"):
+    if col.button(outcome, key=f"runs_open_{outcome}", help=f"Open the {outcome} images in the Grad-CAM gallery", width="stretch"):
         picked = [outcome]
 if picked:  # a click on a cell (or its button) opens those images in the gallery
     st.session_state["cam_request"] = {"run": run_id, "outcomes": picked}
@@ -101,7 +102,7 @@ st.dataframe(pd.DataFrame([
 
 st.subheader("Folds")
 left, right = st.columns(2)
-left.dataframe(d["folds"].assign(fold=d["folds"]["fold"] + 1), hide_index=True)  # folds numbered from 1, as in the plots
+left.dataframe(d["folds"].drop(columns=["auc_ci_low", "auc_ci_high"]).assign(fold=d["folds"]["fold"] + 1), hide_index=True)  # folds numbered from 1, as in the plots
 right.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), width="stretch")
 
 st.subheader("Training curves")

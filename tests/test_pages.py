@@ -393,3 +393,19 @@ def test_data_page_shows_the_leakage_audit_and_the_cohort_flow(tmp_path, monkeyp
     at.number_input(key="data_folds").set_value(2)
     at.text_input(key="data_foldcol").set_value("").run()  # the tool's own grouped folds: clean
     assert "Leakage audit: no patient in two folds (3 patients)" in at.success[0].value
+
+
+def test_forest_plot_shows_each_folds_auc_with_its_delong_interval(finished_run):
+    from core.dashboard import run_detail
+    from core.figures import forest
+    from core.stats import auc_delong
+
+    store, result = finished_run
+    folds = run_detail(store.runs_dir, result.run_id)["folds"]
+    preds = store.predictions(result.run_id)
+    first = preds[preds["fold"] == 0]
+    y = first["label_index"].to_numpy() == 0  # 'Effusion' sorts first and is the positive class
+    expected = auc_delong(y, first["prob_positive"].to_numpy(dtype=float))
+    assert folds.loc[0, "auc_ci_low"] == pytest.approx(expected.low) and folds.loc[0, "auc_ci_high"] == pytest.approx(expected.high)
+    fig = forest(folds, pooled=0.9, mean=0.9)
+    assert fig.data[0].error_x.array is not None and fig.data[0].name == "fold AUC (95 % DeLong CI)"
