@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from bench.sizes import BenchSize
-from core.data.cache import PROCESS_MIN_FILES, ImageCache, usable_cpus
+from core.data.cache import PROCESS_MIN_BYTES, ImageCache, usable_cpus
 
 
 @functools.lru_cache(maxsize=2)
@@ -96,7 +96,7 @@ def run(size: BenchSize, workdir: Path, *, log=print) -> dict:
     diff = np.abs(np.stack([p.pixels for p in parallel]).astype(np.int16) - np.stack(naive).astype(np.int16))
     return {
         "n_files": n, "file_hw": list(size.file_hw), "mean_file_mb": round(mb, 3), "image_size": s, "workers": workers,
-        "executor": "processes" if n >= PROCESS_MIN_FILES and workers > 1 else "threads",
+        "executor": "processes" if mb * n * 1e6 >= PROCESS_MIN_BYTES and workers > 1 else "threads",
         "naive_s": naive_s, "ours_serial_s": serial_s, "ours_parallel_s": parallel_s, "ours_cached_s": cached_s,
         "naive_img_per_s": n / naive_s, "ours_serial_img_per_s": n / serial_s, "ours_parallel_img_per_s": n / parallel_s,
         "ours_cached_img_per_s": n / cached_s,

@@ -149,8 +149,13 @@ def explain_fold(
         return {}, []
     imgs = images_u8[torch.from_numpy(chosen)]
     size = imgs.shape[-1]
-    maps = {"predicted": grad_cams(model, backbone, imgs, [int(pred[i]) for i in chosen], device),
-            "positive": grad_cams(model, backbone, imgs, [positive] * len(chosen), device)}
+    positive_maps = grad_cams(model, backbone, imgs, [positive] * len(chosen), device)
+    # An image predicted positive has the same map for both targets: only the others need a second pass.
+    predicted_maps = positive_maps.copy()
+    other = np.flatnonzero(pred[chosen] != positive)
+    if len(other):
+        predicted_maps[other] = grad_cams(model, backbone, imgs[torch.from_numpy(other)], [int(pred[chosen[k]]) for k in other], device)
+    maps = {"predicted": predicted_maps, "positive": positive_maps}
     cell = int(BACKBONES[backbone].cam_stride)  # input pixels per cell of the layer's map
     rows = []
     for slot, i in enumerate(chosen):

@@ -169,3 +169,21 @@ def test_torchvision_v2_on_a_batch_draws_once_which_is_why_we_do_not_use_it():
     for _ in range(5):
         kinds = {_flip_kind(o, x[0]) for o in v2.RandomHorizontalFlip(p=0.5)(x)}
         assert len(kinds) == 1
+
+
+def test_grad_cam_maps_of_images_predicted_positive_are_computed_once_and_equal_a_separate_pass(monkeypatch):
+    from core import explain
+
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", 2, "none")
+    x, y = _separable(6, 0, size=64)
+    probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.8, 0.2]], np.float32)
+    calls = []
+    real = explain.grad_cams
+    monkeypatch.setattr(explain, "grad_cams", lambda m, b, imgs, targets, d, **kw: calls.append(list(targets)) or real(m, b, imgs, targets, d, **kw))
+    arrays, rows = explain.explain_fold(model, "resnet18", x, image_ids=[str(i) for i in range(6)], labels=y.numpy(), probs=probs, positive=1,
+                                        mask_paths=None, cap=0, store_size=16, device=torch.device("cpu"))
+    assert calls == [[1] * 6, [0, 0, 0]]  # the positive class for all, the predicted class only where it differs
+    separate = explain.to_u8(real(model, "resnet18", x, [int(t) for t in probs.argmax(1)], torch.device("cpu")), 16)
+    assert np.abs(arrays["predicted"].astype(int) - separate.astype(int)).max() <= 1
+    assert len(rows) == 12

@@ -24,9 +24,11 @@ from core.data.decode import DecodeError, decode_bytes, read_bytes
 # Bumped whenever decoding changes, so old entries are never mixed with new ones.
 CACHE_VERSION = "v2"  # v2: large JPEGs are decoded in draft mode (slightly different pixels)
 
-# Below this many files to decode, worker processes cost more to start (about 1 s on 2 busy cores,
-# measured) than they save, so threads decode them.
-PROCESS_MIN_FILES = 64
+# Worker processes cost 0.4-0.8 s to start (a pool of two on this 2-core machine, measured); a
+# 1.9 MB 3000 x 2500 JPEG takes about 30 ms to decode (draft mode), a 20 KB demo PNG about 1 ms. So
+# processes only decode when the files still to decode hold at least this many bytes (about 35
+# radiograph JPEGs); smaller work goes to threads, where Pillow's decoders release the GIL.
+PROCESS_MIN_BYTES = 64 * 2**20
 EXECUTORS = ("auto", "process", "thread", "serial")
 
 log = logging.getLogger(__name__)
@@ -97,9 +99,9 @@ class ImageCache:
         """Load files in input order: cache hits in threads, the files still to decode in worker processes.
 
         Hashing and reading `.npy` entries release the GIL, so threads serve cached files. Decoding
-        is CPU work in Pillow, so with `executor="auto"` at least PROCESS_MIN_FILES cache misses
-        go to a pool of `workers` processes (default: the usable CPUs), in chunks; fewer go to
-        threads. `process`, `thread` and `serial` force one way (tests, benchmarks). Wherever
+        is CPU work in Pillow, so with `executor="auto"` cache misses holding PROCESS_MIN_BYTES or
+        more go to a pool of `workers` processes (default: the usable CPUs), in chunks; less goes
+        to threads. `process`, `thread` and `serial` force one way (tests, benchmarks). Wherever
         processes cannot start or die, the remaining files are decoded in threads: the result
         is the same, only slower. Every path gives exactly the pixels and reasons of `load`.
         """
@@ -118,8 +120,11 @@ class ImageCache:
 
         # 1) read, hash and look up every file; hits (and unreadable files) are final here.
         pending: list[int] = []
-        def probe(path: str) -> LoadedImage | tuple[bytes, str]:
-            return self._probe(path, size)
+        pending_bytes = 0
+
+        def probe(path: str) -> LoadedImage | int:
+            found = self._probe(path, size)
+            return found if isinstance(found, LoadedImage) else len(found[0])  # never hold every file's bytes at once
 
         if executor == "serial" or workers == 1:
             found_all = map(probe, paths)
@@ -134,12 +139,14 @@ class ImageCache:
                     tick()
                 else:
                     pending.append(i)
+                    pending_bytes += found
         finally:
             if threads is not None:
                 threads.shutdown()
         # 2) decode the misses. Workers re-read their files by path: cheaper than shipping the bytes.
         if pending:
-            use_processes = executor == "process" or (executor == "auto" and workers > 1 and len(pending) >= PROCESS_MIN_FILES)
+            use_processes = executor == "process" or (executor == "auto" and workers > 1 and len(pending) > 1
+                                                      and pending_bytes >= PROCESS_MIN_BYTES)
             if use_processes:
                 pending = self._decode_in_processes(paths, pending, size, workers, results, tick)
             if pending:
