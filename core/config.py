@@ -88,7 +88,7 @@ class RunConfig:
     num_threads: int = _f(0, "CPU threads for torch; 0 = the physical cores.", min=0)
     precision: str = _f("auto", "fp32, bf16 (autocast; weights and optimiser stay fp32) or auto: bf16 on a CUDA GPU that "
                                 "supports it, fp32 on the CPU.", choices=PRECISIONS)
-    channels_last: str = _f("auto", "NHWC memory format: on, off, or auto (on with CUDA; off on the CPU, where it measured slower).",
+    channels_last: str = _f("auto", "NHWC memory format: on, off, or auto (on with CUDA; off on the CPU, where it gave no consistent gain).",
                             choices=MEMORY_FORMATS)
     torch_compile: bool = _f(False, "Compile the model with torch.compile (slower first iterations; falls back to eager if compiling fails).")
     save_models: bool = _f(False, "Save each fold's trained weights under runs/<run_id>/ (needed to predict later).")
