@@ -2,7 +2,7 @@
 
 JSON keys (schema 1): `schema`, `mode`, `started_at`, `total_seconds`, `machine` (device, device_name,
 cpu_count, usable_cpus, physical_cores, torch_threads, torch, torchvision, python, platform,
-omp_wait_policy, load_before, load_after), `preprocess`, `train`, `protocol`, `ratios` (ours /
+omp_wait_policy, gomp_spincount, load_before, load_after), `preprocess`, `train`, `protocol`, `ratios` (ours /
 baseline, as speeds: > 1 means ours is faster), `targets` (the issue's targets: measured value,
 met true/false, or null where this machine cannot measure it), `table` (the printed rows).
 """
@@ -44,7 +44,7 @@ def machine(device: torch.device) -> dict:
         "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(), "physical_cores": physical_cores(),
         "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "python": platform.python_version(), "platform": platform.platform(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", ""),
     }
 
 

@@ -4,11 +4,14 @@ import os
 
 __version__ = "0.1.0"
 
-# OpenMP threads that spin while waiting collapse when another process shares the cores: measured on
-# this 2-core machine under load, 10 ResNet-18 iterations took 15.5 s with 2 spinning threads, 2.9 s
-# with passive waiting and 2.2 s with 1 thread. Must be set before torch loads its OpenMP runtime;
-# OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# torch's OpenMP threads (libgomp) spin about 300,000 times before sleeping; when another process
+# shares the cores that spinning collapses training. Measured on this 2-core machine (ResNet-18,
+# 64 px, images/s): beside another torch process, default 4.9, GOMP_SPINCOUNT=1000 17.4, passive
+# waiting 15.1; on a quiet machine 60.5, 53.4 and 47.8 (docs/benchmarks.md). A short spin keeps most
+# of the quiet speed and none of the collapse. Read when torch loads, so set here, before any import
+# of torch; an OMP_WAIT_POLICY or GOMP_SPINCOUNT of your own wins.
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", "1000")
 
 
 class CxrError(Exception):
