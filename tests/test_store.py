@@ -79,16 +79,23 @@ def test_a_file_where_the_runs_folder_should_be_says_so(tmp_path):
         Store(tmp_path / "runs").create_run("x")
 
 
-def test_a_version_1_store_is_migrated_forward(tmp_path):
+def _version_1_store(folder: Path) -> None:
+    """A store as the first release wrote it, holding one finished run 'old'."""
     import duckdb
 
-    from core.store import _SCHEMA_V1, SCHEMA_VERSION
+    from core.store import _SCHEMA_V1
 
-    con = duckdb.connect(str(tmp_path / "runs.duckdb"))
+    con = duckdb.connect(str(folder / "runs.duckdb"))
     con.execute(_SCHEMA_V1)
     con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-    con.execute("INSERT INTO runs (run_id, status) VALUES ('old', 'finished')")
+    con.execute("INSERT INTO runs (run_id, status, synthetic, preset) VALUES ('old', 'finished', false, 'quick')")
     con.close()
+
+
+def test_a_version_1_store_is_migrated_forward(tmp_path):
+    from core.store import SCHEMA_VERSION
+
+    _version_1_store(tmp_path)
     store = Store(tmp_path)
     store.update_run("old", notes="still here")  # any write migrates first
     assert store.schema_version() == SCHEMA_VERSION
@@ -98,16 +105,10 @@ def test_a_version_1_store_is_migrated_forward(tmp_path):
 
 def test_a_dashboard_reading_an_old_store_first_migrates_it(tmp_path):
     """After an upgrade the first access is often a page reading the runs list, not a writer: it must not fail on new columns."""
-    import duckdb
-
     from core.dashboard import runs_table
-    from core.store import _SCHEMA_V1, SCHEMA_VERSION
+    from core.store import SCHEMA_VERSION
 
-    con = duckdb.connect(str(tmp_path / "runs.duckdb"))
-    con.execute(_SCHEMA_V1)
-    con.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-    con.execute("INSERT INTO runs (run_id, status, synthetic, preset) VALUES ('old', 'finished', false, 'quick')")
-    con.close()
+    _version_1_store(tmp_path)
     table = runs_table(tmp_path)
     assert table["run"].tolist() == ["old"] and Store(tmp_path).schema_version() == SCHEMA_VERSION
 
