@@ -22,7 +22,8 @@ from conftest import blob_dataset, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-PAGES = ["", "Data", "Train", "Runs", "Compare", "Grad-CAM", "Predict"]
+# every page file, as Streamlit names its URL ("4_Grad-CAM.py" -> "Grad-CAM"), so a new page cannot be left out
+PAGES = [""] + [f.stem.split("_", 1)[1] for f in sorted((Path(__file__).resolve().parent.parent / "pages").glob("[0-9]*_*.py"))]
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
