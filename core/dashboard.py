@@ -159,14 +159,19 @@ def gallery(runs_dir: Path, run_id: str, *, outcomes: list[str], target: str = "
 
     store = Store(Path(runs_dir))
     run = store.run(run_id)
-    cams = store.cams(run_id)
+    if not outcomes:
+        return []
+    # filtered, sorted and cut in DuckDB: a large data set's heat-map index and image table never come whole into pandas
+    marks = ", ".join("?" for _ in outcomes)
+    cams = store.query(
+        f"SELECT * FROM cams WHERE run_id = ? AND target = ? AND outcome IN ({marks})" + (" AND fold = ?" if fold is not None else "")
+        + " ORDER BY abs(prob_positive - 0.5) DESC, image_id LIMIT ?",
+        [run_id, target, *outcomes, *([fold] if fold is not None else []), int(limit)])
     if cams.empty:
         return []
-    cams = cams[(cams["target"] == target) & cams["outcome"].isin(outcomes)]
-    if fold is not None:
-        cams = cams[cams["fold"] == fold]
-    cams = cams.assign(confidence=(cams["prob_positive"] - 0.5).abs()).sort_values("confidence", ascending=False).head(limit)
-    images = store.images(run["dataset_id"]).set_index("image_id")
+    ids = cams["image_id"].tolist()
+    images = store.query(f"SELECT image_id, path, mask_path FROM images WHERE dataset_id = ? AND image_id IN ({', '.join('?' for _ in ids)})",
+                         [run["dataset_id"], *ids]).set_index("image_id")
     loaded: dict[str, np.lib.npyio.NpzFile] = {}
     items = []
     for r in cams.itertuples():
@@ -361,8 +366,8 @@ def predictable_runs(runs_dir: Path) -> dict[str, str]:
 def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, str]:
     """{image_id: path} of a run's data set, to pick an image without uploading one."""
     store = Store(Path(runs_dir))
-    images = store.images(store.run(run_id)["dataset_id"])
-    images = images[images["excluded_reason"] == ""].head(limit)
+    images = store.query("SELECT image_id, path FROM images WHERE dataset_id = ? AND excluded_reason = '' ORDER BY image_id LIMIT ?",
+                         [store.run(run_id)["dataset_id"], int(limit)])
     return dict(zip(images["image_id"], images["path"]))
 
 

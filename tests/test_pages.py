@@ -409,3 +409,18 @@ def test_forest_plot_shows_each_folds_auc_with_its_delong_interval(finished_run)
     assert folds.loc[0, "auc_ci_low"] == pytest.approx(expected.low) and folds.loc[0, "auc_ci_high"] == pytest.approx(expected.high)
     fig = forest(folds, pooled=0.9, mean=0.9)
     assert fig.data[0].error_x.array is not None and fig.data[0].name == "fold AUC (95 % DeLong CI)"
+
+
+def test_gallery_query_filters_sorts_and_limits_in_duckdb(finished_run):
+    """The gallery asks DuckDB for just the heat maps it shows: the chosen outcomes and fold, most confident first."""
+    from core.dashboard import gallery
+
+    store, result = finished_run
+    items = gallery(store.runs_dir, result.run_id, outcomes=["TP", "TN"], fold=1, limit=3, display=32)
+    cams = store.cams(result.run_id)
+    pool = cams[(cams["target"] == "predicted") & cams["outcome"].isin(["TP", "TN"]) & (cams["fold"] == 1)]
+    assert len(items) == min(3, len(pool)) and {i["fold"] for i in items} == {1} and {i["outcome"] for i in items} <= {"TP", "TN"}
+    confidence = [abs(i["prob_positive"] - 0.5) for i in items]
+    assert confidence == sorted(confidence, reverse=True)
+    assert confidence[0] == pytest.approx((pool["prob_positive"] - 0.5).abs().max())
+    assert gallery(store.runs_dir, result.run_id, outcomes=[]) == []
