@@ -27,38 +27,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def start_run(cfg: RunConfig, *, runs_dir: Path, preset: str = "custom", name: str = "") -> tuple[str, int]:
     """Start a run in the background; returns (run_id, pid). The config travels as --set field=value pairs."""
-    from dataclasses import asdict
-
     refuse_in_demo_mode("training")
     run_id = new_run_id()
-    log = Path(runs_dir) / "jobs" / f"{run_id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    sets = [arg for k, v in asdict(cfg).items() if k != "data" for arg in ("--set", f"{k}={v}")]
-    cmd = [sys.executable, "-m", "core", "run", "--preset", "paper", "--data", cfg.data, *sets,
-           "--runs-dir", str(runs_dir), "--run-id", run_id, "--name", name or run_id, "--label-preset", preset, "--no-progress"]
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    return run_id, proc.pid
+    pid = _spawn(["run", "--preset", "paper", "--data", cfg.data, *_set_args(cfg), "--runs-dir", str(runs_dir), "--run-id", run_id,
+                  "--name", name or run_id, "--label-preset", preset, "--no-progress"], runs_dir=runs_dir, log_name=run_id)
+    return run_id, pid
 
 
 def start_sweep(cfg: RunConfig, grid: dict[str, list[str]], *, runs_dir: Path, preset: str = "custom") -> tuple[str, int]:
     """Start a sweep (the product of `grid` over `cfg`) in the background; returns (sweep_id, pid). Log: runs/jobs/<sweep_id>.log."""
-    from dataclasses import asdict
-
     from core.sweep import expand, new_sweep_id
 
     refuse_in_demo_mode("training")
     expand(cfg, grid)  # every combination is validated here, so a bad value is refused before anything starts
     sweep_id = new_sweep_id()
-    log = Path(runs_dir) / "jobs" / f"{sweep_id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    sets = [arg for k, v in asdict(cfg).items() if k != "data" for arg in ("--set", f"{k}={v}")]
     grids = [arg for k, values in grid.items() for arg in ("--grid", f"{k}={','.join(values)}")]
-    cmd = [sys.executable, "-m", "core", "sweep", "--preset", "paper", "--data", cfg.data, *sets, *grids,
-           "--runs-dir", str(runs_dir), "--sweep-id", sweep_id, "--label-preset", preset, "--no-progress"]
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    return sweep_id, proc.pid
+    pid = _spawn(["sweep", "--preset", "paper", "--data", cfg.data, *_set_args(cfg), *grids, "--runs-dir", str(runs_dir),
+                  "--sweep-id", sweep_id, "--label-preset", preset, "--no-progress"], runs_dir=runs_dir, log_name=sweep_id)
+    return sweep_id, pid
 
 
 def start_resume(run_id: str, *, runs_dir: Path) -> int:
@@ -71,13 +57,26 @@ def start_resume(run_id: str, *, runs_dir: Path) -> int:
     refuse_in_demo_mode("resuming a run")
     store = Store(Path(runs_dir))
     check_resumable(store, run_id)
-    log = Path(runs_dir) / "jobs" / f"{run_id}.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "core", "resume", run_id, "--runs-dir", str(runs_dir), "--no-progress"]
-    with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    owner = identify(proc.pid)
+    pid = _spawn(["resume", run_id, "--runs-dir", str(runs_dir), "--no-progress"], runs_dir=runs_dir, log_name=run_id)
+    owner = identify(pid)
     store.update_run(run_id, status="running", error=None, pid=owner.pid, host=owner.host, pid_start=owner.token)
+    return pid
+
+
+def _set_args(cfg: RunConfig) -> list[str]:
+    """The whole configuration as --set field=value pairs (the job starts from the paper preset and overrides everything)."""
+    from dataclasses import asdict
+
+    return [arg for k, v in asdict(cfg).items() if k != "data" for arg in ("--set", f"{k}={v}")]
+
+
+def _spawn(args: list[str], *, runs_dir: Path, log_name: str) -> int:
+    """`python -m core ARGS` in its own process session (a Streamlit restart does not kill it), output to runs/jobs/<log_name>.log."""
+    log = Path(runs_dir) / "jobs" / f"{log_name}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     return proc.pid
 
 
