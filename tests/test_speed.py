@@ -43,8 +43,10 @@ def test_bf16_autocast_agrees_with_fp32_within_the_stated_auc_tolerance():
 
     Tolerance (also in docs/benchmarks.md): |AUC_bf16 - AUC_fp32| <= 0.05 on this tiny separable task
     (ResNet-18 from scratch, 32 px, 6 iterations of 6 images, 40 held-out images), and the first
-    iteration's loss, before the trajectories can drift apart, within 2 % (bf16 keeps 8 bits of mantissa).
-    Measured here: AUC 1.000 vs 1.000 (seeds 0, 1) and 0.993 vs 1.000 (seed 2).
+    iteration's loss, before the trajectories can drift apart, within 5 % (bf16 keeps 8 bits of mantissa).
+    Measured: AUC 1.000 vs 1.000 (seeds 0, 1) and 0.993 vs 1.000 (seed 2) on a CPU without bf16 instructions,
+    first losses within 2 %; on a CPU with AVX512-BF16 (real bf16 arithmetic) AUC 1.000 vs 1.000 for seeds
+    0-3 and first losses 3.0, 1.8, 0.06 and 0.2 % apart.
     """
     cfg = tiny_config(max_iterations=6, batch_size=6, eval_every=100, augment=True)
     fp32, auc32 = _fit(cfg.replace(precision="fp32"))
@@ -52,7 +54,7 @@ def test_bf16_autocast_agrees_with_fp32_within_the_stated_auc_tolerance():
     assert auc32 >= 0.9 and auc16 >= 0.9
     assert abs(auc16 - auc32) <= 0.05
     first32, first16 = fp32.curve[0]["loss"], bf16.curve[0]["loss"]
-    assert first16 == pytest.approx(first32, rel=0.02)
+    assert first16 == pytest.approx(first32, rel=0.05)
     assert first16 != first32  # bf16 really ran
     assert fp32.model.fc.weight.dtype == bf16.model.fc.weight.dtype == torch.float32  # autocast: weights stay fp32
 
