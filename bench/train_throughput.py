@@ -29,7 +29,7 @@ from PIL import Image
 from bench.sizes import BenchSize
 from core.config import RunConfig
 from core.data.cache import ImageCache, usable_cpus
-from core.models import BACKBONES, build_model, get_module, make_optimizer, param_groups
+from core.models import build_model, make_optimizer, param_groups
 from core.runtime import resolve
 from core.train import IMAGENET_MEAN, IMAGENET_STD, train_fold
 
@@ -49,7 +49,7 @@ def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.de
     torch.manual_seed(0)
     model, _ = build_model(size.backbone, 2, "none")
     ex = resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
-    out = train_fold(cfg, model, get_module(model, BACKBONES[size.backbone].head), x_train=pixels, y_train=y,
+    out = train_fold(cfg, model, x_train=pixels, y_train=y,
                      x_test=pixels[: size.batch_size], y_test=y[: size.batch_size], fold=0, device=device, execution=ex)
     elapsed = [row["elapsed_s"] for row in out.curve if row["phase"] == "train"]
     timed = elapsed[-1] - elapsed[size.warmup - 1]

@@ -338,6 +338,7 @@ class ProgressReporter:
         self.disable = disable
         self.bar = None
         self.loss = None
+        self.lead = None  # the fold whose iterations move the bar
 
     def __call__(self, event: dict) -> None:
         kind = event["event"]
@@ -360,10 +361,16 @@ class ProgressReporter:
         elif kind == "queued":
             logging.getLogger("core").info(f"queued: waiting for the GPU, which run {event['holder'] or '(unknown)'} holds (one CUDA run at a time)")
         elif kind == "fold_start":
+            pack = event.get("pack") or [event["fold"]]
+            if event["fold"] != pack[0]:  # folds trained together share one bar, driven by the first of them
+                return
             self.close()
-            self.loss = None
-            self.bar = _bar(total=event["iterations"], desc=f"fold {event['fold'] + 1}/{event['folds']}", disable=self.disable, unit="it")
-        elif kind == "iteration" and event["phase"] == "train" and self.bar is not None:
+            self.loss, self.lead = None, event["fold"]
+            consecutive = pack == list(range(pack[0], pack[0] + len(pack)))
+            names = f"{pack[0] + 1}-{pack[-1] + 1}" if consecutive else ",".join(str(k + 1) for k in pack)
+            desc = f"fold {event['fold'] + 1}/{event['folds']}" if len(pack) == 1 else f"folds {names}/{event['folds']}"
+            self.bar = _bar(total=event["iterations"], desc=desc, disable=self.disable, unit="it")
+        elif kind == "iteration" and event["phase"] == "train" and self.bar is not None and event["fold"] == self.lead:
             self.loss = event["loss"] if self.loss is None else 0.9 * self.loss + 0.1 * event["loss"]
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{self.loss:.3f}", refresh=False)

@@ -61,6 +61,15 @@ def affine_matrices(params: dict[str, torch.Tensor]) -> torch.Tensor:
 
 def augment_batch(images: torch.Tensor, spec: AugmentSpec, generator: torch.Generator) -> torch.Tensor:
     """Augment a float batch (n, c, h, w); regions moved in from outside the image are filled with 0 (black)."""
-    theta = affine_matrices(sample_params(images.shape[0], spec, generator)).to(images.device, images.dtype)
+    return warp(images, affine_matrices(sample_params(images.shape[0], spec, generator)))
+
+
+def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Apply one (2, 3) matrix per image: (n, c, h, w) and (n, 2, 3) -> (n, c, h, w), in one `grid_sample`.
+
+    Folds trained together (core/foldstack.py) draw their matrices from their own generators and
+    warp all their images in this one call.
+    """
+    theta = theta.to(images.device, images.dtype)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -91,6 +91,9 @@ class RunConfig:
     channels_last: str = _f("auto", "NHWC memory format: on, off, or auto (on with CUDA; off on the CPU, where it gave no consistent gain).",
                             choices=MEMORY_FORMATS)
     torch_compile: bool = _f(False, "Compile the model with torch.compile (slower first iterations; falls back to eager if compiling fails).")
+    parallel_folds: int = _f(0, "Folds trained at once on one device, their models stacked (same results as one after "
+                                "another, to rounding); 0 = auto: on a CUDA GPU as many as fill it at this batch and image size, "
+                                "on the CPU 1 (measured 2-3x slower there stacked).", min=0, max=50)
     save_models: bool = _f(False, "Save each fold's trained weights under runs/<run_id>/ (needed to predict later).")
     eval_batch_size: int = _f(64, "Mini-batch size for held-out evaluation.", min=1)
 
@@ -162,7 +165,7 @@ SECTIONS: dict[str, list[str]] = {
     "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],
     "Cross-validation": ["folds", "group_by_patient", "seed", "positive_class"],
     "Grad-CAM": ["gradcam", "gradcam_max", "gradcam_size"],
-    "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "save_models", "eval_batch_size"],
+    "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "parallel_folds", "save_models", "eval_batch_size"],
 }
 
 

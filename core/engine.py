@@ -7,6 +7,7 @@ store as soon as it ends, so a crash keeps every finished fold.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import subprocess
 import time
@@ -28,13 +29,14 @@ from core.explain import explain_fold, summarize_localisation
 from core.gpuqueue import gpu_slot
 from core.lifecycle import check_resumable, current_process
 from core.metrics import summarize
-from core.models import BACKBONES, build_model, get_module
-from core.runtime import resident_pixels, setup_device
+from core.models import build_model
+from core.runtime import pack_size, plan_packs, resident_pixels, setup_device
 from core.store import DiskFullError, IterationBuffer, Store, is_disk_full, now
-from core.train import DivergedError, train_fold
+from core.train import DivergedError, FoldData, FoldOutcome, train_folds
 
 # Progress events: {"event": "loading"|"run_start"|"queued"|"fold_start"|"iteration"|"fold_end"|"run_end", ...}
 Progress = Callable[[dict], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -232,8 +234,10 @@ def _train_folds(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, todo: 
     try:
         with _gpu_turn(store, run_id, device, emit):
             train_seconds = prior_train_seconds
-            for fold in todo:
-                train_seconds += _run_fold(cfg, data, fold_of, fold, run_id=run_id, store=store, device=device, emit=emit)
+            size = pack_size(cfg.parallel_folds, device=device, batch_size=cfg.batch_size, image_size=cfg.image_size, folds=len(todo))
+            for pack in plan_packs(todo, size, {k: _pack_key(cfg, fold_of, k) for k in todo}):
+                fold = pack[0]
+                train_seconds += _run_pack(cfg, data, fold_of, pack, run_id=run_id, store=store, device=device, emit=emit)
             result = _finish(cfg, data, run_id, store, train_seconds=train_seconds,
                              total_seconds=prior_total_seconds + time.perf_counter() - run_start, weights_used=weights_used)
     except KeyboardInterrupt:
@@ -284,38 +288,79 @@ def _end(store: Store, run_id: str, *, status: str, error: str) -> None:
         pass
 
 
-def _run_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int, *, run_id: str, store: Store, device: torch.device, emit: Progress) -> float:
-    """Train and evaluate one fold, then write its metrics, curve and predictions in one go."""
-    train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+def _pack_key(cfg: RunConfig, fold_of: np.ndarray, fold: int) -> tuple[int, int]:
+    """Folds train together only when they take the same number of steps of the same batch size."""
+    n_train = int((fold_of != fold).sum())
+    return budget(cfg, n_train)[0], min(cfg.batch_size, n_train)
+
+
+class _PackTooBig(Exception):
+    """The GPU ran out of memory while a pack of several folds trained (nothing of the pack was saved)."""
+
+
+def _run_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: list[int], *, run_id: str, store: Store,
+              device: torch.device, emit: Progress) -> float:
+    """Train the folds of `pack` together and save each; a pack that does not fit in GPU memory is split in two and retried.
+
+    Training is seeded per fold, so a retried fold trains exactly as it would have the first time;
+    what the failed attempt had written of its curve is removed first.
+    """
+    try:
+        return _train_pack(cfg, data, fold_of, pack, run_id=run_id, store=store, device=device, emit=emit)
+    except _PackTooBig as exc:
+        half = (len(pack) + 1) // 2
+        log.warning("folds %s did not fit in GPU memory together (%s); training them in packs of %d", [k + 1 for k in pack], exc, half)
+        emit({"event": "stage", "text": f"{len(pack)} folds at once did not fit in GPU memory: {half} at a time instead"})
+        store.clear_folds(run_id, pack)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return sum(_run_pack(cfg, data, fold_of, part, run_id=run_id, store=store, device=device, emit=emit)
+                   for part in (pack[:half], pack[half:]))
+
+
+def _train_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: list[int], *, run_id: str, store: Store,
+                device: torch.device, emit: Progress) -> float:
+    """Train and evaluate the folds of `pack` (one, or several stacked), then write each fold's metrics, curve and predictions."""
     pixels = resident_pixels(data, device)  # on the GPU once per run; batches are gathered there
     labels = torch.from_numpy(data.labels)
-    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, fold, 0]).generate_state(1)[0]))  # the new head's init
-    model, _ = build_model(cfg.backbone, len(data.classes), cfg.weights)
-    head = get_module(model, BACKBONES[cfg.backbone].head)
+    jobs, started = [], now()
+    for fold in pack:
+        train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+        torch.manual_seed(int(np.random.SeedSequence([cfg.seed, fold, 0]).generate_state(1)[0]))  # the new head's init
+        model, _ = build_model(cfg.backbone, len(data.classes), cfg.weights)
+        jobs.append(FoldData(fold, model, pixels[train_idx], labels[train_idx], pixels[test_idx], labels[test_idx]))
+        emit({"event": "fold_start", "fold": fold, "folds": cfg.folds, "n_train": len(train_idx), "n_test": len(test_idx),
+              "iterations": budget(cfg, len(train_idx))[0], "pack": pack})
     buffer = IterationBuffer(store)
-    started = now()
-    emit({"event": "fold_start", "fold": fold, "folds": cfg.folds, "n_train": len(train_idx), "n_test": len(test_idx),
-          "iterations": budget(cfg, len(train_idx))[0]})
 
-    def on_iteration(row: dict) -> None:
+    def on_iteration(fold: int, row: dict) -> None:
         buffer.add({"run_id": run_id, "fold": fold, **row})
         emit({"event": "iteration", "fold": fold, **row})
 
     try:
-        outcome = train_fold(
-            cfg, model, head,
-            x_train=pixels[train_idx], y_train=labels[train_idx],
-            x_test=pixels[test_idx], y_test=labels[test_idx],
-            fold=fold, device=device, on_iteration=on_iteration,
-        )
+        outcomes = train_folds(cfg, jobs, device=device, on_iteration=on_iteration)
         buffer.flush(force=True)
-        if not np.isfinite(outcome.test_probs).all():  # finite losses, yet the last step blew the weights up
-            raise DivergedError(fold, outcome.iterations, float("nan"), cfg.learning_rate)
+        for job, outcome in zip(jobs, outcomes):
+            if not np.isfinite(outcome.test_probs).all():  # finite losses, yet the last step blew the weights up
+                raise DivergedError(job.fold, outcome.iterations, float("nan"), cfg.learning_rate)
+    except torch.OutOfMemoryError as exc:
+        if len(pack) == 1:
+            raise
+        raise _PackTooBig(str(exc).splitlines()[0] if str(exc) else "out of memory") from None
     except DivergedError as exc:  # the curve up to the blow-up stays for inspection; no metrics from garbage
         buffer.flush(force=True)
-        store.save_fold(run_id, {"fold": fold, "status": "diverged", "n_train": len(train_idx), "n_test": len(test_idx),
-                                 "iterations": exc.iteration, "started_at": started, "finished_at": now()}, pd.DataFrame())
+        store.save_fold(run_id, {"fold": exc.fold, "status": "diverged", "n_train": int((fold_of != exc.fold).sum()),
+                                 "n_test": int((fold_of == exc.fold).sum()), "iterations": exc.iteration, "started_at": started,
+                                 "finished_at": now()}, pd.DataFrame())
         raise
+    return sum(_save_fold(cfg, data, fold_of, job.fold, outcome, pixels, run_id=run_id, store=store, device=device, emit=emit,
+                          started=started) for job, outcome in zip(jobs, outcomes))
+
+
+def _save_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int, outcome: FoldOutcome, pixels: torch.Tensor, *,
+               run_id: str, store: Store, device: torch.device, emit: Progress, started) -> float:
+    """Score one trained fold, compute its heat maps, and write its row, predictions and heat-map index in one go."""
+    train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     probs = outcome.test_probs
     y_test = data.labels[test_idx]
     m = summarize(y_test, probs, positive=data.positive)

@@ -185,10 +185,20 @@ def param_groups(model: nn.Module, backbone: str, *, lr: float, head_lr_factor: 
 
     Mirrors MATLAB's WeightLearnRateFactor = BiasLearnRateFactor = 10 on the new layer.
     """
-    head = get_module(model, BACKBONES[backbone].head)
-    head_ids = {id(p) for p in head.parameters()}
-    body = [p for p in model.parameters() if id(p) not in head_ids]
-    groups = [{"params": list(head.parameters()), "lr": lr * head_lr_factor, "name": "head"}]
+    return named_param_groups(dict(model.named_parameters()), backbone, lr=lr, head_lr_factor=head_lr_factor,
+                              freeze_backbone=freeze_backbone)
+
+
+def named_param_groups(named: dict[str, torch.Tensor], backbone: str, *, lr: float, head_lr_factor: float,
+                       freeze_backbone: bool) -> list[dict]:
+    """`param_groups` over parameters by name, so that stacked fold parameters (core/foldstack.py) group the same way.
+
+    A frozen backbone's tensors stop requiring gradients and are left out of the optimiser.
+    """
+    prefix = BACKBONES[backbone].head + "."
+    head = [p for name, p in named.items() if name.startswith(prefix)]
+    body = [p for name, p in named.items() if not name.startswith(prefix)]
+    groups = [{"params": head, "lr": lr * head_lr_factor, "name": "head"}]
     if freeze_backbone:
         for p in body:
             p.requires_grad_(False)

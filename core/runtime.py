@@ -117,8 +117,10 @@ def physical_cores() -> int:
     return max(1, len(cores))
 
 
-def maybe_compile(model: nn.Module, enabled: bool) -> Callable[..., torch.Tensor]:
+def maybe_compile(model: Callable[..., torch.Tensor], enabled: bool) -> Callable[..., torch.Tensor]:
     """The callable the training loop should use for forward passes: torch.compile(model) when asked, else the model.
+
+    `model` is a module or the forward function of folds stacked under vmap (core/foldstack.py).
 
     Compilation happens lazily at the first call; `CompiledForward` catches a failure there and
     falls back to the eager model for the rest of the run (with one warning), so `torch_compile=true`
@@ -137,7 +139,7 @@ def maybe_compile(model: nn.Module, enabled: bool) -> Callable[..., torch.Tensor
 class CompiledForward:
     """Calls the compiled model; if compiling or running it fails, the eager model takes over for good."""
 
-    def __init__(self, eager: nn.Module, compiled: Callable[..., torch.Tensor]) -> None:
+    def __init__(self, eager: Callable[..., torch.Tensor], compiled: Callable[..., torch.Tensor]) -> None:
         self.eager, self.compiled, self.failed = eager, compiled, False
 
     def __call__(self, *args, **kwargs) -> torch.Tensor:
@@ -170,3 +172,39 @@ def resident_pixels(data, device: torch.device) -> torch.Tensor:
                 log.warning("the data set (%.1f GB) does not fit comfortably in GPU memory; it stays in host memory", pixels.nbytes / 1e9)
         store[key] = pixels
     return store[key]
+
+
+# Images of 224 px per optimiser step at which we assume a data-centre GPU is busy with arithmetic rather than
+# waiting for kernel launches: the batch at which published ResNet-50 training throughput stops growing on
+# V100/A100-class GPUs. An assumption to be measured (`python -m core bench` on a GPU), not a measured figure.
+GPU_FILL_IMAGES_224 = 256
+
+
+def pack_size(parallel_folds: int, *, device: torch.device, batch_size: int, image_size: int, folds: int) -> int:
+    """How many folds to train at once (core/foldstack.py): the setting when given, else the `auto` rule.
+
+    auto: 1 on the CPU, where stacked folds measured 2-3x slower than one after another (ResNet-18,
+    64 px, batch 32, 5 folds, 2 cores: grouped convolutions); on CUDA, enough folds that a step
+    holds about GPU_FILL_IMAGES_224 images of 224 px (the study's batch of 25: 10 folds).
+    Too many for the GPU's memory is handled by the engine, which splits a pack that runs out.
+    """
+    if parallel_folds:
+        return max(1, min(parallel_folds, folds))
+    if device.type != "cuda":
+        return 1
+    per_step = batch_size * (image_size / 224) ** 2
+    return max(1, min(folds, int(GPU_FILL_IMAGES_224 // max(per_step, 1e-9))))
+
+
+def plan_packs(todo: list[int], size: int, keys: dict[int, tuple]) -> list[list[int]]:
+    """Split the folds still to train into packs of at most `size` folds that share a key (iteration budget, batch).
+
+    Folds keep their order within a key; with equal keys (the usual case) packs are consecutive runs of `todo`.
+    >>> plan_packs([0, 1, 2, 3, 4], 2, {k: (250, 25) for k in range(5)})
+    [[0, 1], [2, 3], [4]]
+    """
+    by_key: dict[tuple, list[int]] = {}
+    for fold in todo:
+        by_key.setdefault(keys[fold], []).append(fold)
+    packs = [group[i : i + size] for group in by_key.values() for i in range(0, len(group), max(1, size))]
+    return sorted(packs, key=lambda pack: todo.index(pack[0]))

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import CxrError
-from core.augment import AugmentSpec, augment_batch
+from core.augment import AugmentSpec, affine_matrices, sample_params, warp
 from core.config import RunConfig, budget
-from core.models import make_optimizer, param_groups
+from core.foldstack import stack, stacked_param_groups
+from core.models import make_optimizer
 from core.runtime import Execution, maybe_compile, resolve
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -62,18 +63,21 @@ def _generator(*seed_parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(seed_parts)).generate_state(1)[0]))
 
 
-def _train_mode(model: nn.Module, freeze_backbone: bool, head: nn.Module) -> None:
-    """Train mode; a frozen backbone keeps its BatchNorm statistics fixed too."""
-    model.train()
-    if freeze_backbone:
-        model.eval()
-        head.train()
+@dataclass
+class FoldData:
+    """One fold's inputs to `train_folds`: its freshly built model and its images."""
+
+    fold: int  # index mixed into the seeds, so folds differ but runs repeat
+    model: nn.Module
+    x_train: torch.Tensor  # (N, H, W) uint8, any device (moved to the run's device once)
+    y_train: torch.Tensor  # (N,) int64 class indices
+    x_test: torch.Tensor
+    y_test: torch.Tensor
 
 
 def train_fold(
     cfg: RunConfig,
     model: nn.Module,
-    head: nn.Module,
     *,
     x_train: torch.Tensor,
     y_train: torch.Tensor,
@@ -93,74 +97,131 @@ def train_fold(
         on_iteration: called with every curve row as it is produced (progress, live store).
         execution: precision, memory format and compilation (core.runtime); default: resolved from `cfg` for `device`.
 
-    Batches are gathered by index where the images are (on the GPU when the engine put them there),
-    then converted, augmented per image and normalised on `device`.
+    The one-fold case of `train_folds`.
+    """
+    emit = on_iteration or (lambda row: None)
+    job = FoldData(fold, model, x_train, y_train, x_test, y_test)
+    return train_folds(cfg, [job], device=device, on_iteration=lambda _fold, row: emit(row), execution=execution)[0]
+
+
+def train_folds(
+    cfg: RunConfig,
+    jobs: list[FoldData],
+    *,
+    device: torch.device,
+    on_iteration: Callable[[int, dict], None] | None = None,
+    execution: Execution | None = None,
+) -> list[FoldOutcome]:
+    """Train K folds for the configured budget, one optimiser step for all K per iteration, then predict each held-out fold.
+
+    Args:
+        jobs: the folds, each with its own freshly built model; all must have the same iteration
+            budget and batch size (`core.engine` groups them so).
+        on_iteration: called with (fold, curve row) for every row of every fold as it is produced.
+
+    Returns:
+        One FoldOutcome per job, in order, each holding its own trained module.
+
+    K = 1 trains the module itself; K > 1 trains the models stacked under vmap (core/foldstack.py).
+    Each fold draws its batches and augmentation from its own generators, seeded by `cfg.seed`
+    and its fold index, so a fold sees the same images in the same order whether it trains alone
+    or with others. Batches are gathered by index where the images are (on the GPU when the engine
+    put them there), then converted, augmented per image and normalised on `device`, all folds'
+    images in one call. The pack's time is shared: each fold's `elapsed_s` and `train_seconds`
+    are 1/K of the pack's, so the folds of a run add up to its wall time.
+
+    Raises:
+        DivergedError: for the first fold (in `jobs` order) whose training loss is not finite.
+        ValueError: folds whose budgets or batch sizes differ.
     """
     ex = execution or resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
-    ex.prepare_model(model)
-    forward = maybe_compile(model, ex.compile)
-    x_train, y_train = x_train.to(device), y_train.to(device)
-    groups = param_groups(model, cfg.backbone, lr=cfg.learning_rate, head_lr_factor=cfg.head_lr_factor, freeze_backbone=cfg.freeze_backbone)
+    k_folds = len(jobs)
+    budgets = [budget(cfg, len(job.x_train)) for job in jobs]
+    total = budgets[0][0]
+    batch = min(cfg.batch_size, len(jobs[0].x_train))
+    if any(t != total for t, _ in budgets) or any(min(cfg.batch_size, len(job.x_train)) != batch for job in jobs):
+        raise ValueError("folds trained together need the same iteration budget and batch size; train them apart")
+    for job in jobs:
+        ex.prepare_model(job.model)
+    models = stack([job.model for job in jobs], cfg.backbone)
+    forward = maybe_compile(models.forward, ex.compile)
+    x_train = [job.x_train.to(device) for job in jobs]
+    y_train = [job.y_train.to(device) for job in jobs]
+    groups = stacked_param_groups(models, lr=cfg.learning_rate, head_lr_factor=cfg.head_lr_factor, freeze_backbone=cfg.freeze_backbone)
     optimizer = make_optimizer(cfg.optimizer, groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     spec = AugmentSpec(prob=cfg.aug_prob, scale=cfg.aug_scale, crop=cfg.aug_crop, translate=cfg.aug_translate)
-    shuffle_gen, aug_gen = _generator(cfg.seed, fold, 1), _generator(cfg.seed, fold, 2)
-    total, per_epoch = budget(cfg, len(x_train))
-    outcome = FoldOutcome(model=model)
-    emit = on_iteration or (lambda row: None)
+    shuffle_gens = [_generator(cfg.seed, job.fold, 1) for job in jobs]
+    aug_gens = [_generator(cfg.seed, job.fold, 2) for job in jobs]
+    outcomes = [FoldOutcome(model=job.model) for job in jobs]
+    emit = on_iteration or (lambda fold, row: None)
     start = time.perf_counter()
-    eval_time = 0.0
-    order = torch.empty(0, dtype=torch.long)
-    _train_mode(model, cfg.freeze_backbone, head)
+    eval_time = 0.0  # the pack's, excluded from training time
+    eval_seconds = [0.0] * k_folds  # each fold's own
+    orders = [torch.empty(0, dtype=torch.long)] * k_folds
+    models.train_mode(cfg.freeze_backbone)
     for it in range(1, total + 1):
-        pos = (it - 1) % per_epoch
-        if pos == 0:  # reshuffle every epoch (MATLAB 'Shuffle','every-epoch')
-            order = torch.randperm(len(x_train), generator=shuffle_gen)
-        idx = order[pos * cfg.batch_size : (pos + 1) * cfg.batch_size].to(device)
-        x = to_input(x_train[idx])
-        if cfg.augment:
-            x = augment_batch(x, spec, aug_gen)
-        y = y_train[idx]
+        xs, ys = [], []
+        for k, (_, per_epoch) in enumerate(budgets):
+            pos = (it - 1) % per_epoch
+            if pos == 0:  # reshuffle every epoch (MATLAB 'Shuffle','every-epoch')
+                orders[k] = torch.randperm(len(x_train[k]), generator=shuffle_gens[k])
+            idx = orders[k][pos * cfg.batch_size : (pos + 1) * cfg.batch_size].to(device)
+            xs.append(x_train[k][idx])
+            ys.append(y_train[k][idx])
+        x = to_input(torch.cat(xs))  # (K*B, 1, H, W)
+        if cfg.augment:  # each fold's draws from its own generator, all images warped in one call
+            x = warp(x, torch.cat([affine_matrices(sample_params(batch, spec, g)) for g in aug_gens]))
+        y = torch.stack(ys)  # (K, B)
         with ex.autocast():
-            logits = forward(ex.prepare_input(normalize(x)))
-            loss = F.cross_entropy(logits, y)
+            logits = forward(ex.prepare_input(normalize(x)).unflatten(0, (k_folds, batch)))  # (K, B, C)
+            losses = torch.stack([F.cross_entropy(logits[k], y[k]) for k in range(k_folds)])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        losses.sum().backward()  # fold k's parameters get exactly the gradient of fold k's loss
         optimizer.step()
-        # one device-to-host copy per iteration for both numbers (each float() would wait for the GPU)
-        loss_value, accuracy = torch.stack([loss.detach().float(), (logits.argmax(1) == y).float().mean()]).tolist()
-        row = {
-            "phase": "train",
-            "iteration": it,
-            "epoch": (it - 1) // per_epoch + 1,
-            "loss": loss_value,
-            "accuracy": accuracy,
-            "lr": cfg.learning_rate,
-            "elapsed_s": time.perf_counter() - start - eval_time,
-        }
-        if not math.isfinite(row["loss"]):
-            raise DivergedError(fold, it, row["loss"], cfg.learning_rate)
-        outcome.curve.append(row)
-        emit(row)
+        # one device-to-host copy per iteration for all numbers (each float() would wait for the GPU)
+        loss_values, accuracies = torch.stack([losses.detach().float(), (logits.argmax(-1) == y).float().mean(1)]).tolist()
+        elapsed = (time.perf_counter() - start - eval_time) / k_folds
+        for k, job in enumerate(jobs):
+            row = {
+                "phase": "train",
+                "iteration": it,
+                "epoch": (it - 1) // budgets[k][1] + 1,
+                "loss": loss_values[k],
+                "accuracy": accuracies[k],
+                "lr": cfg.learning_rate,
+                "elapsed_s": elapsed,
+            }
+            if not math.isfinite(row["loss"]):
+                raise DivergedError(job.fold, it, row["loss"], cfg.learning_rate)
+            outcomes[k].curve.append(row)
+            emit(job.fold, row)
         if it % cfg.eval_every == 0 and it != total:
             t0 = time.perf_counter()
-            heldout = _heldout_row(model, x_test, y_test, cfg, device, it, per_epoch, ex)
+            trained = models.export()
+            for k, job in enumerate(jobs):
+                t1 = time.perf_counter()
+                heldout = _heldout_row(trained[k], job.x_test, job.y_test, cfg, device, it, budgets[k][1], ex)
+                eval_seconds[k] += time.perf_counter() - t1
+                heldout["elapsed_s"] = elapsed
+                outcomes[k].curve.append(heldout)
+                emit(job.fold, heldout)
             eval_time += time.perf_counter() - t0
-            heldout["elapsed_s"] = time.perf_counter() - start - eval_time
-            outcome.curve.append(heldout)
-            emit(heldout)
-            _train_mode(model, cfg.freeze_backbone, head)
-    outcome.train_seconds = time.perf_counter() - start - eval_time
-    outcome.iterations, outcome.epochs = total, total / per_epoch
+            models.train_mode(cfg.freeze_backbone)
+    train_seconds = (time.perf_counter() - start - eval_time) / k_folds
 
-    t0 = time.perf_counter()
-    probs = predict_probs(model, x_test, device, batch_size=cfg.eval_batch_size, execution=ex)
-    outcome.test_probs = probs
-    final = _heldout_from_probs(probs, y_test, total, per_epoch)
-    final["elapsed_s"] = outcome.train_seconds
-    outcome.curve.append(final)
-    emit(final)
-    outcome.eval_seconds = eval_time + time.perf_counter() - t0
-    return outcome
+    trained = models.export()
+    for k, job in enumerate(jobs):
+        out = outcomes[k]
+        out.model, out.train_seconds = trained[k], train_seconds
+        out.iterations, out.epochs = total, total / budgets[k][1]
+        t0 = time.perf_counter()
+        out.test_probs = predict_probs(trained[k], job.x_test, device, batch_size=cfg.eval_batch_size, execution=ex)
+        final = _heldout_from_probs(out.test_probs, job.y_test, total, budgets[k][1])
+        final["elapsed_s"] = train_seconds
+        out.curve.append(final)
+        emit(job.fold, final)
+        out.eval_seconds = eval_seconds[k] + time.perf_counter() - t0
+    return outcomes
 
 
 @torch.no_grad()

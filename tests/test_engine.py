@@ -116,7 +116,7 @@ def test_a_failing_run_is_marked_failed_and_keeps_finished_folds(tmp_path, tiny_
     root = blob_dataset(tmp_path / "d", n_per_class=9)
     import core.engine as engine
 
-    real = engine.train_fold
+    real = engine.train_folds
     calls = []
 
     def flaky(*args, **kwargs):
@@ -125,7 +125,7 @@ def test_a_failing_run_is_marked_failed_and_keeps_finished_folds(tmp_path, tiny_
             raise RuntimeError("GPU fell off the bus")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(engine, "train_fold", flaky)
+    monkeypatch.setattr(engine, "train_folds", flaky)
     store = Store(tmp_path / "runs")
     with pytest.raises(RuntimeError):
         run_cross_validation(tiny_cfg.replace(data=str(root), max_iterations=1), store=store, run_id="r1")

@@ -140,14 +140,14 @@ def test_marking_interrupted_never_overwrites_a_run_a_resume_just_took_over(tmp_
 def test_a_diverging_fold_stops_the_run_with_a_clear_status_and_keeps_the_folds_before(tmp_path, monkeypatch):
     import core.engine as engine
 
-    real = engine.train_fold
+    real = engine.train_folds
 
-    def second_fold_with_an_absurd_learning_rate(cfg, *args, fold, **kwargs):
-        if fold == 1:
+    def second_fold_with_an_absurd_learning_rate(cfg, jobs, **kwargs):
+        if any(job.fold == 1 for job in jobs):
             cfg = cfg.replace(optimizer="sgdm", learning_rate=1e6)
-        return real(cfg, *args, fold=fold, **kwargs)
+        return real(cfg, jobs, **kwargs)
 
-    monkeypatch.setattr(engine, "train_fold", second_fold_with_an_absurd_learning_rate)
+    monkeypatch.setattr(engine, "train_folds", second_fold_with_an_absurd_learning_rate)
     data = blob_dataset(tmp_path / "d", n_per_class=9)
     store = Store(tmp_path / "runs")
     with pytest.raises(CxrError, match=r"fold 2 diverged at iteration \d+ \(loss (nan|inf)\); lower the learning rate"):
@@ -224,14 +224,14 @@ def test_resume_refuses_a_data_set_that_changed(tmp_path, monkeypatch):
 
     data = blob_dataset(tmp_path / "d", n_per_class=6)
     store = Store(tmp_path / "runs")
-    real = engine._run_fold
+    real = engine._train_pack
 
-    def ctrl_c_in_the_second_fold(cfg, data, fold_of, fold, **kwargs):
-        if fold == 1:
+    def ctrl_c_in_the_second_fold(cfg, data, fold_of, pack, **kwargs):
+        if 1 in pack:
             raise KeyboardInterrupt
-        return real(cfg, data, fold_of, fold, **kwargs)
+        return real(cfg, data, fold_of, pack, **kwargs)
 
-    monkeypatch.setattr(engine, "_run_fold", ctrl_c_in_the_second_fold)
+    monkeypatch.setattr(engine, "_train_pack", ctrl_c_in_the_second_fold)
     with pytest.raises(KeyboardInterrupt):
         run_cross_validation(tiny_config(data, folds=2, max_iterations=1, gradcam=False), store=store, run_id="c")
     assert store.run("c")["status"] == "cancelled"

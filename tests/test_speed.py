@@ -12,7 +12,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from core.augment import AugmentSpec, augment_batch, sample_params
-from core.models import build_model, get_module
+from core.models import build_model
 from core.runtime import Execution, physical_cores, resident_pixels, resolve, setup_device
 from core.train import train_fold
 
@@ -33,7 +33,7 @@ def _fit(cfg, seed=0):
     x_test, y_test = _separable(40, 1)
     torch.manual_seed(seed)
     model, _ = build_model("resnet18", 2, "none")
-    out = train_fold(cfg, model, get_module(model, "fc"), x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+    out = train_fold(cfg, model, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                      fold=0, device=torch.device("cpu"))
     return out, roc_auc_score(y_test.numpy(), out.test_probs[:, 1])
 

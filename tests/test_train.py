@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from core.augment import AugmentSpec, affine_matrices, augment_batch, sample_params
-from core.models import build_model, get_module
+from core.models import build_model
 from core.config import budget
 from core.train import train_fold
 
@@ -53,8 +53,7 @@ def _train(cfg, x_test, y_test):
     y_train = torch.arange(40) % 2
     torch.manual_seed(0)
     model, _ = build_model("resnet18", 2, "none")
-    head = get_module(model, "fc")
-    return train_fold(cfg, model, head, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
+    return train_fold(cfg, model, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
                       fold=0, device=torch.device("cpu"))
 
 
