@@ -87,7 +87,7 @@ class RunConfig:
     device: str = _f("auto", "auto (CUDA when present), cpu or cuda.", choices=DEVICES)
     num_threads: int = _f(0, "CPU threads for torch; 0 = the physical cores.", min=0)
     precision: str = _f("auto", "fp32, bf16 (autocast; weights and optimiser stay fp32) or auto: bf16 on a CUDA GPU that "
-                                "supports it, fp32 on the CPU.", choices=PRECISIONS)
+                                "supports it and on a CPU with bf16 instructions (AVX512-BF16, AMX), else fp32.", choices=PRECISIONS)
     channels_last: str = _f("auto", "NHWC memory format: on, off, or auto (on with CUDA; off on the CPU, where it gave no consistent gain).",
                             choices=MEMORY_FORMATS)
     torch_compile: bool = _f(False, "Compile the model with torch.compile (slower first iterations; falls back to eager if compiling fails).")

@@ -144,7 +144,7 @@ def train_folds(
     for job in jobs:
         ex.prepare_model(job.model)
     models = stack([job.model for job in jobs], cfg.backbone)
-    forward = maybe_compile(models.forward, ex.compile)
+    forward = maybe_compile(models.forward, ex.compile, ex.compile_mode)
     x_train = [job.x_train.to(device) for job in jobs]
     y_train = [job.y_train.to(device) for job in jobs]
     groups = stacked_param_groups(models, lr=cfg.learning_rate, head_lr_factor=cfg.head_lr_factor, freeze_backbone=cfg.freeze_backbone)
@@ -163,9 +163,9 @@ def train_folds(
         xs, ys = [], []
         for k, (_, per_epoch) in enumerate(budgets):
             pos = (it - 1) % per_epoch
-            if pos == 0:  # reshuffle every epoch (MATLAB 'Shuffle','every-epoch')
-                orders[k] = torch.randperm(len(x_train[k]), generator=shuffle_gens[k])
-            idx = orders[k][pos * cfg.batch_size : (pos + 1) * cfg.batch_size].to(device)
+            if pos == 0:  # reshuffle every epoch (MATLAB 'Shuffle','every-epoch'), drawn on the CPU, copied once per epoch
+                orders[k] = torch.randperm(len(x_train[k]), generator=shuffle_gens[k]).to(device)
+            idx = orders[k][pos * cfg.batch_size : (pos + 1) * cfg.batch_size]
             xs.append(x_train[k][idx])
             ys.append(y_train[k][idx])
         x = to_input(torch.cat(xs))  # (K*B, 1, H, W)

@@ -38,10 +38,14 @@ def blobs(tmp_path: Path) -> Path:
 
 
 def tiny_config(data: str | Path = "", **changes) -> RunConfig:
-    """Everything small: 32 px, ResNet-18 from scratch, 3 folds of a few iterations; `changes` override."""
+    """Everything small: 32 px, ResNet-18 from scratch, 3 folds of a few iterations; `changes` override.
+
+    fp32, not auto: auto means bf16 on CPUs with bf16 instructions, and tests must compute the same on every CPU.
+    """
     base = RunConfig(
         backbone="resnet18", weights="none", image_size=32, batch_size=8, max_iterations=4,
         folds=3, eval_every=2, optimizer="adam", learning_rate=1e-3, head_lr_factor=1.0, device="cpu", data=str(data),
+        precision="fp32",
     )
     return base.replace(**changes)
 

@@ -87,13 +87,40 @@ def test_a_failing_torch_compile_falls_back_to_eager_with_identical_results(monk
     assert [r["loss"] for r in compiled.curve] == [r["loss"] for r in eager.curve]
 
 
-def test_auto_settings_resolve_per_device():
+def test_compiling_uses_cuda_graphs_on_a_gpu_and_the_default_mode_on_the_cpu(monkeypatch):
+    from core.runtime import maybe_compile
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode="default": modes.append(mode) or model)
+    for device in ("cuda", "cpu"):
+        ex = resolve(torch.device(device), "fp32", "off", torch_compile=True)
+        maybe_compile(torch.nn.Identity(), ex.compile, ex.compile_mode)
+    assert modes == ["reduce-overhead", "default"]
+
+
+def test_auto_settings_resolve_per_device(monkeypatch):
+    import core.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     cpu = resolve(torch.device("cpu"))
     assert cpu.amp_dtype is None and not cpu.channels_last and cpu.precision == "fp32"
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # AVX512-BF16 or AMX: bf16 is the faster one
+    assert resolve(torch.device("cpu")).precision == "bf16" and resolve(torch.device("cpu"), "fp32").precision == "fp32"
     assert resolve(torch.device("cpu"), "bf16", "on").amp_dtype == torch.bfloat16
     assert resolve(torch.device("cpu"), "bf16", "on").describe() == "bf16, channels_last"
     with pytest.raises(ValueError):
         resolve(torch.device("cpu"), "fp16")
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
+    import core.runtime as runtime
+
+    flags = "flags\t\t: fpu vme sse sse2 avx2 avx512f avx512bw"
+    for extra, expected in (("", False), (" avx512_bf16 avx512_vnni", True), (" amx_tile amx_bf16", True)):
+        info = tmp_path / f"cpuinfo{len(extra)}"
+        info.write_text(flags + extra + "\n")
+        monkeypatch.setattr(runtime, "Path", lambda _p, info=info: info)
+        assert runtime.cpu_has_native_bf16.__wrapped__() is expected
 
 
 def test_threads_default_to_the_physical_cores():
