@@ -15,6 +15,7 @@ import torch
 
 from bench.sizes import BenchSize
 from core.config import RunConfig
+from core.runtime import pack_size
 
 
 def protocol_config(size: BenchSize, data: Path, device: torch.device) -> RunConfig:
@@ -59,4 +60,5 @@ def run(size: BenchSize, device: torch.device, workdir: Path, *, log=print) -> d
         "seconds": seconds, "train_seconds": train_seconds, "images_trained": trained,
         "train_img_per_s": trained / train_seconds if train_seconds > 0 else None,
         "auc": result.metrics["auc"], "data_generation_s": generate_s,
+        "folds_at_once": pack_size(cfg.parallel_folds, device=device, batch_size=cfg.batch_size, image_size=cfg.image_size, folds=cfg.folds),
     }

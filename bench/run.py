@@ -27,7 +27,8 @@ from core.data.cache import usable_cpus
 from core.runtime import physical_cores, setup_device
 
 JSON_KEYS = ("schema", "mode", "started_at", "total_seconds", "machine", "preprocess", "train", "protocol", "ratios", "targets", "table")
-RATIO_KEYS = ("preprocess_cold", "preprocess_cached", "preprocess_serial_draft", "train_vs_baseline_files", "train_vs_baseline_resized")
+RATIO_KEYS = ("preprocess_cold", "preprocess_cached", "preprocess_serial_draft", "train_vs_baseline_files", "train_vs_baseline_resized",
+              "folds_together_vs_one", "best_train_vs_baseline_resized")
 
 
 def _load() -> list[float] | None:
@@ -55,21 +56,30 @@ def ratios(pre: dict, train: dict) -> dict:
         "preprocess_serial_draft": pre["naive_s"] / pre["ours_serial_s"],
         "train_vs_baseline_files": train["ours"]["img_per_s"] / train["baseline_files"]["img_per_s"],
         "train_vs_baseline_resized": train["ours"]["img_per_s"] / train["baseline_resized"]["img_per_s"],
+        "folds_together_vs_one": train["ours_folds_together"]["img_per_s"] / train["ours"]["img_per_s"],
+        "best_train_vs_baseline_resized": best_train(train)["img_per_s"] / train["baseline_resized"]["img_per_s"],
     }
+
+
+def best_train(train: dict) -> dict:
+    """Our faster training mode on this machine: one fold at a time, or several at once."""
+    return max(train["ours"], train["ours_folds_together"], key=lambda o: o["img_per_s"])
 
 
 def targets(mode: str, device: torch.device, r: dict, train: dict, proto: dict) -> list[dict]:
     """The issue's targets with what this run measured; `met` is None where this run cannot decide it."""
     gpu = device.type == "cuda" and "H200" in torch.cuda.get_device_name(device)
+    best = best_train(train)
     full = mode == "full"
     cpu = device.type == "cpu" and mode != "tiny"  # tiny sizes say nothing about the targets
     out = [
         {"name": "H200: paper protocol end to end", "target": "<= 60 s", "measured": proto["seconds"] if gpu and full else None,
          "met": (proto["seconds"] <= 60) if gpu and full else None, "note": "" if gpu and full else "needs an H200 and the full mode"},
-        {"name": "H200: training throughput", "target": ">= 3000 images/s", "measured": train["ours"]["img_per_s"] if gpu and full else None,
-         "met": (train["ours"]["img_per_s"] >= 3000) if gpu and full else None, "note": "" if gpu and full else "needs an H200 and the full mode"},
-        {"name": "H200: training vs plain PyTorch", "target": ">= 5x", "measured": r["train_vs_baseline_resized"] if gpu and full else None,
-         "met": (r["train_vs_baseline_resized"] >= 5) if gpu and full else None,
+        {"name": "H200: training throughput", "target": ">= 3000 images/s", "measured": best["img_per_s"] if gpu and full else None,
+         "met": (best["img_per_s"] >= 3000) if gpu and full else None,
+         "note": f"batch 25 per fold, {best['folds_at_once']} fold(s) at once" if gpu and full else "needs an H200 and the full mode"},
+        {"name": "H200: training vs plain PyTorch", "target": ">= 5x", "measured": r["best_train_vs_baseline_resized"] if gpu and full else None,
+         "met": (r["best_train_vs_baseline_resized"] >= 5) if gpu and full else None,
          "note": "against the resized-files baseline (the stronger one)" if gpu and full else "needs an H200 and the full mode"},
         {"name": "CPU: pre-processing vs naive", "target": ">= 2x", "measured": r["preprocess_cold"] if cpu else None,
          "met": (r["preprocess_cold"] >= 2) if cpu else None, "note": "cold cache, parallel + draft"},
@@ -83,7 +93,7 @@ def targets(mode: str, device: torch.device, r: dict, train: dict, proto: dict) 
 
 
 def table_rows(pre: dict, train: dict, proto: dict, r: dict) -> list[list[str]]:
-    o, bf, br = train["ours"], train["baseline_files"], train["baseline_resized"]
+    o, bf, br, ft = train["ours"], train["baseline_files"], train["baseline_resized"], train["ours_folds_together"]
     return [
         ["part", "ours", "baseline", "ours / baseline"],
         ["(a) pre-processing, cold cache", f"{pre['ours_parallel_img_per_s']:.1f} img/s", f"{pre['naive_img_per_s']:.1f} img/s (full decode)",
@@ -93,6 +103,8 @@ def table_rows(pre: dict, train: dict, proto: dict, r: dict) -> list[list[str]]:
         ["(b) training, vs decoding originals", f"{o['img_per_s']:.1f} img/s ({o['precision']})", f"{bf['img_per_s']:.1f} img/s",
          f"{r['train_vs_baseline_files']:.2f}x"],
         ["(b) training, vs pre-resized files", "", f"{br['img_per_s']:.1f} img/s", f"{r['train_vs_baseline_resized']:.2f}x"],
+        [f"(b) {ft['folds_at_once']} folds at once, vs one at a time", f"{ft['img_per_s']:.1f} img/s", f"{o['img_per_s']:.1f} img/s",
+         f"{r['folds_together_vs_one']:.2f}x"],
         ["(c) protocol end to end" + (" (scaled down)" if proto["scaled_down"] else ""),
          f"{proto['seconds']:.1f} s ({proto['train_seconds']:.1f} s training)", "", ""],
     ]

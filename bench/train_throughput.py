@@ -13,6 +13,10 @@ NCHW, cuDNN autotuning off. It runs twice: on the original large JPEGs, and on f
 resized to the training size (the best case for the baseline, as if someone had shrunk the
 data set beforehand). Both share this process's thread settings with ours.
 
+Ours also runs with several folds at once (core/foldstack.py): as many as `parallel_folds=auto` packs on
+a GPU (10 at the study's batch of 25 and 224 px), and 2 on a CPU (where auto trains one at a time,
+because stacking measured slower there), to show the trade-off on the machine at hand.
+
 Throughput counts only timed iterations after `warmup` (first calls, workers starting).
 """
 
@@ -31,7 +35,8 @@ from core.config import RunConfig
 from core.data.cache import ImageCache, usable_cpus
 from core.models import build_model, make_optimizer, param_groups
 from core.runtime import resolve
-from core.train import IMAGENET_MEAN, IMAGENET_STD, train_fold
+from core.runtime import pack_size
+from core.train import IMAGENET_MEAN, IMAGENET_STD, FoldData, train_folds
 
 
 def _config(size: BenchSize, device: torch.device, iterations: int) -> RunConfig:
@@ -40,21 +45,26 @@ def _config(size: BenchSize, device: torch.device, iterations: int) -> RunConfig
                      max_iterations=iterations, eval_every=10**6, augment=True, device=device.type)
 
 
-def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.device, cache_dir: Path) -> dict:
+def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.device, cache_dir: Path, *, folds: int = 1) -> dict:
+    """Our loop; with `folds` > 1, that many folds trained at once (core/foldstack.py), each with its own model,
+    shuffling and augmentation over the same images. Images/s counts every fold's images."""
     loaded = ImageCache(cache_dir).load_many(files, size.image_size)
     pixels = torch.from_numpy(np.stack([item.pixels for item in loaded])).to(device)  # one transfer, as the engine
     y = torch.from_numpy(labels).to(device)
     total = size.warmup + size.iterations
     cfg = _config(size, device, total)
-    torch.manual_seed(0)
-    model, _ = build_model(size.backbone, 2, "none")
+    jobs = []
+    for k in range(folds):
+        torch.manual_seed(k)
+        model, _ = build_model(size.backbone, 2, "none")
+        jobs.append(FoldData(k, model, pixels, y, pixels[: size.batch_size], y[: size.batch_size]))
     ex = resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
-    out = train_fold(cfg, model, x_train=pixels, y_train=y,
-                     x_test=pixels[: size.batch_size], y_test=y[: size.batch_size], fold=0, device=device, execution=ex)
+    out = train_folds(cfg, jobs, device=device, execution=ex)[0]
+    # a pack's elapsed_s is each fold's share (wall / folds), so this is the pack's images per second of wall time
     elapsed = [row["elapsed_s"] for row in out.curve if row["phase"] == "train"]
     timed = elapsed[-1] - elapsed[size.warmup - 1]
-    return {"img_per_s": size.iterations * size.batch_size / timed, "seconds": timed, "iterations": size.iterations,
-            "precision": ex.precision, "channels_last": ex.channels_last}
+    return {"img_per_s": size.iterations * size.batch_size / timed, "seconds": timed * folds, "iterations": size.iterations,
+            "folds_at_once": folds, "precision": ex.precision, "channels_last": ex.channels_last}
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -147,6 +157,10 @@ def run(size: BenchSize, files: list[str], device: torch.device, workdir: Path, 
     result = {"backbone": size.backbone, "image_size": size.image_size, "batch_size": size.batch_size, "warmup": size.warmup}
     result["ours"] = ours(size, files, labels, device, workdir / "cache_train")
     log(f"    ours: {result['ours']['img_per_s']:.1f} images/s")
+    # Folds at once: what `parallel_folds=auto` picks on a GPU; on a CPU (where auto is 1) two, to show the trade-off.
+    together = pack_size(0, device=device, batch_size=size.batch_size, image_size=size.image_size, folds=10)
+    result["ours_folds_together"] = ours(size, files, labels, device, workdir / "cache_train", folds=together if together > 1 else 2)
+    log(f"    ours, {result['ours_folds_together']['folds_at_once']} folds at once: {result['ours_folds_together']['img_per_s']:.1f} images/s")
     result["baseline_files"] = baseline(size, files, labels, device)
     log(f"    baseline, decoding the original files: {result['baseline_files']['img_per_s']:.1f} images/s")
     result["baseline_resized"] = baseline(size, small, labels, device)
