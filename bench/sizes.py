@@ -49,7 +49,7 @@ SIZES: dict[str, BenchSize] = {
     ),
     "quick": BenchSize(
         mode="quick", n_files=64, file_hw=(3000, 2500), pre_size=224,
-        backbone="resnet18", image_size=64, batch_size=25, warmup=2, iterations=8, baseline_iterations=5,
+        backbone="resnet18", image_size=64, batch_size=25, warmup=3, iterations=20, baseline_iterations=15,
         protocol_backbone="resnet18", protocol_size=64, protocol_n_per_class=100, protocol_phantom_px=128,
         protocol_folds=10, protocol_iterations=3,
     ),

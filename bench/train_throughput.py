@@ -13,6 +13,8 @@ NCHW, cuDNN autotuning off. It runs twice: on the original large JPEGs, and on f
 resized to the training size (the best case for the baseline, as if someone had shrunk the
 data set beforehand). Both share this process's thread settings with ours.
 
+Where `precision=auto` chose bf16 (a GPU, or a CPU with bf16 instructions), ours runs once more in
+fp32, so the table separates what bf16 gives from what the loop gives (the baseline is fp32).
 Ours also runs with several folds at once (core/foldstack.py): as many as `parallel_folds=auto` packs on
 a GPU (10 at the study's batch of 25 and 224 px), and 2 on a CPU (where auto trains one at a time,
 because stacking measured slower there), to show the trade-off on the machine at hand.
@@ -39,20 +41,21 @@ from core.runtime import pack_size
 from core.train import IMAGENET_MEAN, IMAGENET_STD, FoldData, train_folds
 
 
-def _config(size: BenchSize, device: torch.device, iterations: int) -> RunConfig:
+def _config(size: BenchSize, device: torch.device, iterations: int, precision: str = "auto") -> RunConfig:
     """The study's optimisation (SGDM, lr 1e-4, head x10, L2 1e-4) and augmentation at this mode's model size."""
     return RunConfig(backbone=size.backbone, weights="none", image_size=size.image_size, batch_size=size.batch_size,
-                     max_iterations=iterations, eval_every=10**6, augment=True, device=device.type)
+                     max_iterations=iterations, eval_every=10**6, augment=True, device=device.type, precision=precision)
 
 
-def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.device, cache_dir: Path, *, folds: int = 1) -> dict:
+def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.device, cache_dir: Path, *, folds: int = 1,
+         precision: str = "auto") -> dict:
     """Our loop; with `folds` > 1, that many folds trained at once (core/foldstack.py), each with its own model,
     shuffling and augmentation over the same images. Images/s counts every fold's images."""
     loaded = ImageCache(cache_dir).load_many(files, size.image_size)
     pixels = torch.from_numpy(np.stack([item.pixels for item in loaded])).to(device)  # one transfer, as the engine
     y = torch.from_numpy(labels).to(device)
     total = size.warmup + size.iterations
-    cfg = _config(size, device, total)
+    cfg = _config(size, device, total, precision)
     jobs = []
     for k in range(folds):
         torch.manual_seed(k)
@@ -112,8 +115,9 @@ def baseline(size: BenchSize, files: list[str], labels: np.ndarray, device: torc
     optimizer = make_optimizer(cfg.optimizer, param_groups(model, cfg.backbone, lr=cfg.learning_rate, head_lr_factor=cfg.head_lr_factor,
                                                             freeze_backbone=False), momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     total = size.warmup + size.baseline_iterations
-    benchmark_before = torch.backends.cudnn.benchmark
+    benchmark_before, tf32_before = torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.benchmark = False  # a plain script does not turn it on
+    torch.backends.cudnn.allow_tf32 = True  # and keeps torch's default of TF32 convolutions on a GPU
     it, start = 0, None
     try:
         while it < total:
@@ -130,7 +134,7 @@ def baseline(size: BenchSize, files: list[str], labels: np.ndarray, device: torc
                 if it == total:
                     break
     finally:
-        torch.backends.cudnn.benchmark = benchmark_before
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = benchmark_before, tf32_before
         del loader  # stops persistent workers
     timed = time.perf_counter() - start
     return {"img_per_s": size.baseline_iterations * size.batch_size / timed, "seconds": timed, "iterations": size.baseline_iterations,
@@ -156,7 +160,10 @@ def run(size: BenchSize, files: list[str], device: torch.device, workdir: Path, 
     small = resized_copies(files, workdir / "resized", size.image_size)
     result = {"backbone": size.backbone, "image_size": size.image_size, "batch_size": size.batch_size, "warmup": size.warmup}
     result["ours"] = ours(size, files, labels, device, workdir / "cache_train")
-    log(f"    ours: {result['ours']['img_per_s']:.1f} images/s")
+    log(f"    ours: {result['ours']['img_per_s']:.1f} images/s ({result['ours']['precision']})")
+    if result["ours"]["precision"] != "fp32":  # how much of the gain is bf16, and how much the loop
+        result["ours_fp32"] = ours(size, files, labels, device, workdir / "cache_train", precision="fp32")
+        log(f"    ours in fp32: {result['ours_fp32']['img_per_s']:.1f} images/s")
     # Folds at once: what `parallel_folds=auto` picks on a GPU; on a CPU (where auto is 1) two, to show the trade-off.
     together = pack_size(0, device=device, batch_size=size.batch_size, image_size=size.image_size, folds=10)
     result["ours_folds_together"] = ours(size, files, labels, device, workdir / "cache_train", folds=together if together > 1 else 2)

@@ -9,6 +9,7 @@ run on a GPU execute the same training code and differ only in the settings reso
 | `channels_last=auto` | off (on 2 cores: within +-10 % of NCHW, either way, for ResNet-18 at 64 and 128 px) | on (tensor cores want NHWC) |
 | threads (`num_threads=0`) | the physical cores, one inter-op thread | the same, for the host side |
 | `cudnn.benchmark` | - | on (fixed input sizes: the fastest kernels are picked once) |
+| TF32 convolutions | - | off (torch's default is on): fp32 is fp32 |
 | `torch_compile` | off unless asked; falls back to eager when compilation fails | same, in `reduce-overhead` mode (CUDA graphs: one launch per captured graph instead of one per kernel); not measured on a GPU yet |
 """
 
@@ -121,7 +122,10 @@ def setup_device(device: torch.device, num_threads: int = 0) -> int:
     except RuntimeError:
         pass
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # TF32 is left at torch's defaults: precision=fp32 means what it says
+        torch.backends.cudnn.benchmark = True
+        # torch lets cuDNN convolutions run in TF32 (10-bit mantissa) by default; matrix products are already
+        # full fp32. Off, so that precision=fp32 means what it says; bf16 autocast is the fast path.
+        torch.backends.cudnn.allow_tf32 = False
     return threads
 
 

@@ -27,6 +27,8 @@ from core.train import FoldData, train_folds
 from conftest import blob_dataset, tiny_config
 
 CPU = torch.device("cpu")
+# Every device here: the CPU always, the GPU too where there is one (bench/gpu_check.sh runs these on an H200).
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _images(seed: int, n: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,15 +56,17 @@ def float64(monkeypatch):
     monkeypatch.setattr(train, "to_input", lambda u8: u8.unsqueeze(1).double().div_(255.0))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("changes", [
     {"optimizer": "sgdm", "learning_rate": 1e-2, "head_lr_factor": 10.0, "weight_decay": 1e-4},
     {"optimizer": "adam", "learning_rate": 1e-3, "head_lr_factor": 10.0, "weight_decay": 1e-4},
     {"optimizer": "sgdm", "learning_rate": 1e-2, "freeze_backbone": True},
 ], ids=["sgdm-head-x10", "adam", "frozen-backbone"])
-def test_stacked_folds_train_exactly_as_folds_one_after_another(float64, changes):
-    cfg = tiny_config(augment=True, max_iterations=6, eval_every=2, batch_size=6, **changes)
-    alone = [train_folds(cfg, [job], device=CPU)[0] for job in _jobs([0, 1, 2], double=True)]
-    together = train_folds(cfg, _jobs([0, 1, 2], double=True), device=CPU)
+def test_stacked_folds_train_exactly_as_folds_one_after_another(float64, changes, device):
+    cfg = tiny_config(augment=True, max_iterations=6, eval_every=2, batch_size=6, device=device, **changes)
+    dev = torch.device(device)
+    alone = [train_folds(cfg, [job], device=dev)[0] for job in _jobs([0, 1, 2], double=True)]
+    together = train_folds(cfg, _jobs([0, 1, 2], double=True), device=dev)
     for a, b in zip(alone, together):
         assert [(r["phase"], r["iteration"], r["epoch"]) for r in a.curve] == [(r["phase"], r["iteration"], r["epoch"]) for r in b.curve]
         assert [r["loss"] for r in a.curve] == pytest.approx([r["loss"] for r in b.curve], rel=1e-6)
@@ -163,20 +167,24 @@ def test_a_run_with_folds_together_stores_what_a_run_one_fold_at_a_time_stores(t
     assert all(e["pack"] == [0, 1, 2] for e in events if e["event"] == "fold_start")
 
 
-def test_a_float32_run_with_folds_together_reaches_the_same_results_and_heat_maps(tmp_path):
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_float32_run_with_folds_together_reaches_the_same_results_and_heat_maps(tmp_path, device):
     """As runs train (float32), summation order differs in the stacked kernels and training amplifies it: after 6
     iterations on this task, probabilities moved by up to 0.07, but fold AUCs and accuracies were equal (seeds 0-2).
-    Stated tolerance: pooled AUC and accuracy within 0.05; the first iteration's loss, before any drift, to 1e-5."""
+    Stated tolerance: pooled AUC and accuracy within 0.05; the first iteration's loss, before any drift, to 1e-5
+    (2 % in bf16 on a GPU: not yet measured there)."""
     data = blob_dataset(tmp_path / "d", n_per_class=15)
     store = Store(tmp_path / "runs")
-    cfg = tiny_config(data, max_iterations=6, batch_size=6, eval_every=3, gradcam=True, gradcam_max=0)
+    gpu = device == "cuda"  # there as runs train there: bf16 and NHWC, and the first loss only to bf16's precision
+    cfg = tiny_config(data, max_iterations=6, batch_size=6, eval_every=3, gradcam=True, gradcam_max=0, device=device,
+                      precision="auto" if gpu else "fp32", channels_last="auto")
     alone = run_cross_validation(cfg.replace(parallel_folds=1), store=store, run_id="alone")
     together = run_cross_validation(cfg.replace(parallel_folds=3), store=store, run_id="together")
     for metric in ("auc", "accuracy"):
         assert abs(together.metrics[metric] - alone.metrics[metric]) <= 0.05
     (_, ca, _), (_, ct, _) = _stored(store, "alone"), _stored(store, "together")
     first = (ca["phase"] == "train") & (ca["iteration"] == 1)
-    np.testing.assert_allclose(ct[first]["loss"], ca[first]["loss"], rtol=1e-5)
+    np.testing.assert_allclose(ct[first]["loss"], ca[first]["loss"], rtol=2e-2 if gpu else 1e-5)
     assert len(store.cams("together")) == len(store.cams("alone")) > 0
     assert store.run("together")["status"] == "finished"
 

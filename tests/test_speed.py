@@ -28,17 +28,22 @@ def _separable(n: int, seed: int, size: int = 32) -> tuple[torch.Tensor, torch.T
     return torch.from_numpy(x), torch.from_numpy(y).long()
 
 
+# the CPU always, the GPU too where there is one (bench/gpu_check.sh runs these on an H200)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
 def _fit(cfg, seed=0):
     x_train, y_train = _separable(64, 0)
     x_test, y_test = _separable(40, 1)
     torch.manual_seed(seed)
     model, _ = build_model("resnet18", 2, "none")
     out = train_fold(cfg, model, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test,
-                     fold=0, device=torch.device("cpu"))
+                     fold=0, device=torch.device(cfg.device))
     return out, roc_auc_score(y_test.numpy(), out.test_probs[:, 1])
 
 
-def test_bf16_autocast_agrees_with_fp32_within_the_stated_auc_tolerance():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_autocast_agrees_with_fp32_within_the_stated_auc_tolerance(device):
     """Same seed, same batches, same augmentation: fp32 and bf16 autocast (CPU) agree on held-out AUC within 0.05.
 
     Tolerance (also in docs/benchmarks.md): |AUC_bf16 - AUC_fp32| <= 0.05 on this tiny separable task
@@ -48,7 +53,7 @@ def test_bf16_autocast_agrees_with_fp32_within_the_stated_auc_tolerance():
     first losses within 2 %; on a CPU with AVX512-BF16 (real bf16 arithmetic) AUC 1.000 vs 1.000 for seeds
     0-3 and first losses 3.0, 1.8, 0.06 and 0.2 % apart.
     """
-    cfg = tiny_config(max_iterations=6, batch_size=6, eval_every=100, augment=True)
+    cfg = tiny_config(max_iterations=6, batch_size=6, eval_every=100, augment=True, device=device)
     fp32, auc32 = _fit(cfg.replace(precision="fp32"))
     bf16, auc16 = _fit(cfg.replace(precision="bf16"))
     assert auc32 >= 0.9 and auc16 >= 0.9
@@ -59,11 +64,12 @@ def test_bf16_autocast_agrees_with_fp32_within_the_stated_auc_tolerance():
     assert fp32.model.fc.weight.dtype == bf16.model.fc.weight.dtype == torch.float32  # autocast: weights stay fp32
 
 
-def test_channels_last_computes_the_same_forward_pass_and_reaches_the_same_auc():
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_computes_the_same_forward_pass_and_reaches_the_same_auc(device):
     """NHWC changes only the order of float sums: the first loss agrees to 1e-4. Later iterations drift
     further apart than that (measured: BatchNorm over 6 images at a 1 x 1 map cancels gradients, so
     early-layer gradients differ by up to 1 %), so the end point is compared by AUC, as for bf16."""
-    cfg = tiny_config(max_iterations=6, batch_size=6, eval_every=100, augment=True)
+    cfg = tiny_config(max_iterations=6, batch_size=6, eval_every=100, augment=True, device=device)
     nchw, auc_nchw = _fit(cfg.replace(channels_last="off"))
     nhwc, auc_nhwc = _fit(cfg.replace(channels_last="on"))
     assert nhwc.curve[0]["loss"] == pytest.approx(nchw.curve[0]["loss"], rel=1e-4)
@@ -216,3 +222,14 @@ def test_grad_cam_maps_of_images_predicted_positive_are_computed_once_and_equal_
     separate = explain.to_u8(real(model, "resnet18", x, [int(t) for t in probs.argmax(1)], torch.device("cpu")), 16)
     assert np.abs(arrays["predicted"].astype(int) - separate.astype(int)).max() <= 1
     assert len(rows) == 12
+
+
+def test_fp32_on_a_gpu_is_fp32_not_tf32():
+    """torch lets cuDNN convolutions use TF32 unless told otherwise; a run's precision=fp32 must mean fp32."""
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32, torch.get_num_threads()
+    try:
+        setup_device(torch.device("cuda"))  # sets flags only: no GPU needed
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = before[:2]
+        torch.set_num_threads(before[2])
