@@ -30,7 +30,7 @@ from core.gpuqueue import gpu_slot
 from core.lifecycle import check_resumable, current_process
 from core.metrics import summarize
 from core.models import build_model
-from core.runtime import pack_size, plan_packs, resident_pixels, setup_device
+from core.runtime import pack_size, plan_packs, resident_pixels, resolve, setup_device
 from core.store import DiskFullError, IterationBuffer, Store, is_disk_full, now
 from core.train import DivergedError, FoldData, FoldOutcome, train_folds
 
@@ -138,7 +138,7 @@ def run_cross_validation(
         dataset_id=data.dataset_id,
         synthetic=data.manifest.synthetic,
         code_version=code_version(),
-        device=_device_name(device),
+        device=_device_name(device, cfg),
         torch_version=torch.__version__,
         torchvision_version=torchvision.__version__,
         weights_used=weights.used,
@@ -195,7 +195,7 @@ def resume_cross_validation(store: Store, run_id: str, *, device: str | None = N
     done = done[done["status"] == "finished"] if not done.empty else done
     todo = [k for k in range(cfg.folds) if k not in set(done["fold"].astype(int))] if not done.empty else list(range(cfg.folds))
     store.clear_folds(run_id, todo)
-    store.update_run(run_id, status="running", error=None, finished_at=None, device=_device_name(dev), resumes=int(run.get("resumes") or 0) + 1,
+    store.update_run(run_id, status="running", error=None, finished_at=None, device=_device_name(dev, cfg), resumes=int(run.get("resumes") or 0) + 1,
                      **_owner())
     emit({**_run_start_event(run_id, cfg, data, weights, dev), "resumed_folds": len(done)})
     prior = float((done["train_seconds"].sum() if not done.empty else 0.0))
@@ -212,7 +212,8 @@ def _owner() -> dict:
 
 def _run_start_event(run_id: str, cfg: RunConfig, data: PreparedData, weights, device: torch.device) -> dict:
     return {"event": "run_start", "run_id": run_id, "folds": cfg.folds, "weights": weights, "n_images": len(data.labels),
-            "n_excluded": int((data.manifest.table["excluded_reason"] != "").sum()), "device": str(device), "synthetic": data.manifest.synthetic}
+            "n_excluded": int((data.manifest.table["excluded_reason"] != "").sum()), "device": _device_name(device, cfg),
+            "synthetic": data.manifest.synthetic}
 
 
 def _stored_splits(store: Store, run_id: str, data: PreparedData) -> np.ndarray:
@@ -419,7 +420,16 @@ def _finish(cfg: RunConfig, data: PreparedData, run_id: str, store: Store, *, tr
     return RunResult(run_id, pooled, auc_mean, weights_used)
 
 
-def _device_name(device: torch.device) -> str:
+def _device_name(device: torch.device, cfg: RunConfig) -> str:
+    """Where and how the run computes, as stored with it: `auto` settings resolve differently per machine
+    (bf16 on one CPU, fp32 on another), and a reader of the results must be able to tell.
+
+    >>> _device_name(torch.device("cpu"), RunConfig(precision="fp32"))  # doctest: +SKIP
+    'cpu (2 threads; fp32, 1 fold at a time)'
+    """
+    ex = resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
+    k = pack_size(cfg.parallel_folds, device=device, batch_size=cfg.batch_size, image_size=cfg.image_size, folds=cfg.folds)
+    how = f"{ex.describe()}, {'1 fold at a time' if k == 1 else f'{k} folds at once'}"
     if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu ({torch.get_num_threads()} threads)"
+        return f"cuda:{torch.cuda.get_device_name(device)} ({how})"
+    return f"cpu ({torch.get_num_threads()} threads; {how})"
