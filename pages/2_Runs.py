@@ -66,6 +66,7 @@ elif run.get("leak_status") == "unchecked":
     st.caption(f"Patient leakage {run['leakage']}.")
 if str(run["weights_used"]).startswith("none"):
     st.caption(f"Weights: {run['weights_used']} (trained from scratch, not transfer learning).")
+st.caption(f"Computed on {run['device']}; torch {run['torch_version']}; code {run['code_version']}.")
 
 cols = st.columns(5)
 cols[0].metric("AUC (pooled)", f"{row['auc']:.3f}", help=f"95 % DeLong CI {row['auc_ci_low']:.3f}-{row['auc_ci_high']:.3f}")

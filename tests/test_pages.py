@@ -33,6 +33,8 @@ def test_runs_page_shows_the_run_metrics_folds_and_threshold_rates(finished_run,
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["AUC (pooled)"] == f"{result.metrics['auc']:.3f}"
     assert metrics["Accuracy"] == f"{100 * result.metrics['accuracy']:.1f} %"
+    # how it was computed (what precision=auto became, folds at once) is shown with the results
+    assert any("Computed on cpu" in c.value and "1 fold at a time" in c.value for c in at.caption)
     tables = [df.value for df in at.dataframe]
     rates = next(t for t in tables if "measure" in t.columns)
     assert rates["measure"].tolist() == ["sensitivity", "specificity", "ppv", "npv", "accuracy"]
