@@ -6,6 +6,7 @@ store as soon as it ends, so a crash keeps every finished fold.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import secrets
@@ -309,14 +310,17 @@ def _run_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: lis
     try:
         return _train_pack(cfg, data, fold_of, pack, run_id=run_id, store=store, device=device, emit=emit)
     except _PackTooBig as exc:
-        half = (len(pack) + 1) // 2
-        log.warning("folds %s did not fit in GPU memory together (%s); training them in packs of %d", [k + 1 for k in pack], exc, half)
-        emit({"event": "stage", "text": f"{len(pack)} folds at once did not fit in GPU memory: {half} at a time instead"})
-        store.clear_folds(run_id, pack)
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-        return sum(_run_pack(cfg, data, fold_of, part, run_id=run_id, store=store, device=device, emit=emit)
-                   for part in (pack[:half], pack[half:]))
+        reason = str(exc)
+    # Retried outside the handler, so the failed attempt's tensors (held by the traceback) can be freed first.
+    half = (len(pack) + 1) // 2
+    log.warning("folds %s did not fit in GPU memory together (%s); training them in packs of %d", [k + 1 for k in pack], reason, half)
+    emit({"event": "stage", "text": f"{len(pack)} folds at once did not fit in GPU memory: {half} at a time instead"})
+    store.clear_folds(run_id, pack)
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return sum(_run_pack(cfg, data, fold_of, part, run_id=run_id, store=store, device=device, emit=emit)
+               for part in (pack[:half], pack[half:]))
 
 
 def _train_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: list[int], *, run_id: str, store: Store,

@@ -1,4 +1,5 @@
-"""Train one fold and predict: the loop, its batches and its curve. No storage, no CLI: it returns what it measured.
+"""Train one fold, or a pack of folds at once, and predict: the loop, its batches and its curves. No storage, no CLI:
+it returns what it measured.
 
 The held-out fold is a test set. It is passed in only to draw the held-out curve; it never
 selects a model, stops training or touches a random generator the training uses.
