@@ -93,7 +93,7 @@ class RunConfig:
     torch_compile: bool = _f(False, "Compile the model with torch.compile (slower first iterations; falls back to eager if compiling fails).")
     parallel_folds: int = _f(0, "Folds trained at once on one device, their models stacked (same results as one after "
                                 "another, to rounding); 0 = auto: on a CUDA GPU as many as fill it at this batch and image size, "
-                                "on the CPU 1 (measured 2-3x slower there stacked).", min=0, max=50)
+                                "on the CPU 1 (stacked folds measured slower there).", min=0, max=50)
     save_models: bool = _f(False, "Save each fold's trained weights under runs/<run_id>/ (needed to predict later).")
     eval_batch_size: int = _f(64, "Mini-batch size for held-out evaluation.", min=1)
 

@@ -33,7 +33,7 @@ from core.metrics import summarize
 from core.models import build_model
 from core.runtime import pack_size, plan_packs, resident_pixels, resolve, setup_device
 from core.store import DiskFullError, IterationBuffer, Store, is_disk_full, now
-from core.train import DivergedError, FoldData, FoldOutcome, train_folds
+from core.train import DivergedError, FoldData, FoldOutcome, step_shape, train_folds
 
 # Progress events: {"event": "loading"|"run_start"|"queued"|"fold_start"|"iteration"|"fold_end"|"run_end", ...}
 Progress = Callable[[dict], None]
@@ -232,13 +232,13 @@ def _train_folds(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, todo: 
                  prior_total_seconds: float = 0.0) -> RunResult:
     """Train the folds in `todo` (all, or those a resume still needs), then pool; every ending is written to the run's status."""
     run_start = time.perf_counter()
-    fold = todo[0] if todo else -1
+    folds_now = todo[:1]  # the fold(s) in progress, for the disk-full message
     try:
         with _gpu_turn(store, run_id, device, emit):
             train_seconds = prior_train_seconds
             size = pack_size(cfg.parallel_folds, device=device, batch_size=cfg.batch_size, image_size=cfg.image_size, folds=len(todo))
-            for pack in plan_packs(todo, size, {k: _pack_key(cfg, fold_of, k) for k in todo}):
-                fold = pack[0]
+            for pack in plan_packs(todo, size, {k: step_shape(cfg, int((fold_of != k).sum())) for k in todo}):
+                folds_now = pack
                 train_seconds += _run_pack(cfg, data, fold_of, pack, run_id=run_id, store=store, device=device, emit=emit)
             result = _finish(cfg, data, run_id, store, train_seconds=train_seconds,
                              total_seconds=prior_total_seconds + time.perf_counter() - run_start, weights_used=weights_used)
@@ -249,7 +249,8 @@ def _train_folds(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, todo: 
         if not (isinstance(exc, DiskFullError) or is_disk_full(exc)):
             _end(store, run_id, status="failed", error=f"{type(exc).__name__}: {exc}")
             raise
-        message = (f"the disk holding {store.runs_dir} is full (no space left on device) while saving fold {fold + 1}; folds finished "
+        which = ("fold " if len(folds_now) == 1 else "folds ") + ", ".join(str(k + 1) for k in folds_now)
+        message = (f"the disk holding {store.runs_dir} is full (no space left on device) while saving {which}; folds finished "
                    f"before it are kept: free some space, then continue with: python -m core resume {run_id}")
         _end(store, run_id, status="failed", error=message)
         raise CxrError(message) from None
@@ -288,12 +289,6 @@ def _end(store: Store, run_id: str, *, status: str, error: str) -> None:
         store.update_run(run_id, status=status, finished_at=now(), error=error)
     except Exception:  # noqa: BLE001 - the original error is the one worth raising
         pass
-
-
-def _pack_key(cfg: RunConfig, fold_of: np.ndarray, fold: int) -> tuple[int, int]:
-    """Folds train together only when they take the same number of steps of the same batch size."""
-    n_train = int((fold_of != fold).sum())
-    return budget(cfg, n_train)[0], min(cfg.batch_size, n_train)
 
 
 class _PackTooBig(Exception):

@@ -17,7 +17,8 @@ What differs is the order of floating-point sums inside the grouped kernels: res
 sequential folds to rounding, which training can amplify over many steps (tests/test_foldstack.py).
 
 `SingleModel` is the same interface for one fold, without vmap: on a CPU, grouped convolutions
-measured 2-3x slower than the folds one after another, so the CPU path keeps plain modules.
+measured slower than the folds one after another (2 folds: 0.52-0.71x the images/s), so the CPU
+path keeps plain modules.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ run on a GPU execute the same training code and differ only in the settings reso
 
 | setting | CPU | CUDA |
 |---|---|---|
-| `precision=auto` | bf16 autocast on a CPU with bf16 instructions (AVX512-BF16, AMX): 1.6x faster training measured; else fp32 (bf16 measured 20x slower without them) | bf16 autocast (weights, optimiser and loss stay fp32) when the GPU supports bf16 |
+| `precision=auto` | bf16 autocast on a CPU with bf16 instructions (AVX512-BF16, AMX): 1.2-1.7x faster training measured; else fp32 (bf16 measured 20x slower without them) | bf16 autocast (weights, optimiser and loss stay fp32) when the GPU supports bf16 |
 | `channels_last=auto` | off (on 2 cores: within +-10 % of NCHW, either way, for ResNet-18 at 64 and 128 px) | on (tensor cores want NHWC) |
 | threads (`num_threads=0`) | the physical cores, one inter-op thread | the same, for the host side |
 | `cudnn.benchmark` | - | on (fixed input sizes: the fastest kernels are picked once) |
@@ -96,16 +96,20 @@ def resolve(device: torch.device, precision: str = "auto", channels_last: str = 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes in bf16 natively (x86 AVX512-BF16 or AMX-BF16), from the kernel's CPU flags.
 
-    Only then is bf16 autocast worth it on a CPU: ResNet-18 at 64 px, batch 25, 2 cores trained at
-    213-217 images/s in bf16 against 124-135 in fp32 with AVX512-BF16 (2026-12-02), and about 20x
-    slower than fp32 without it (2026-11-26). oneDNN's own check is not used because it also says
-    yes where bf16 is only emulated. Outside Linux the answer is no: fp32, never a slow surprise.
+    Only then is bf16 autocast worth it on a CPU: ResNet-18 at 64 px, batch 25, 2 cores trained
+    1.2-1.7x faster in bf16 than in fp32 with AVX512-BF16 (2026-12-02, six alternating pairs), and
+    about 20x slower than fp32 without it (2026-11-26). oneDNN's own check is not used because it
+    also says yes where bf16 is only emulated. Outside Linux the answer is no: fp32, never a slow surprise.
     """
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return has_bf16_flags(Path("/proc/cpuinfo").read_text())
     except OSError:
         return False
-    return re.search(r"\b(avx512_bf16|amx_bf16)\b", flags) is not None
+
+
+def has_bf16_flags(cpuinfo: str) -> bool:
+    """True when `/proc/cpuinfo` text lists a native bf16 instruction set."""
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
 
 
 def setup_device(device: torch.device, num_threads: int = 0) -> int:
@@ -202,17 +206,18 @@ def resident_pixels(data, device: torch.device) -> torch.Tensor:
     return store[key]
 
 
-# Images of 224 px per optimiser step at which we assume a data-centre GPU is busy with arithmetic rather than
-# waiting for kernel launches: the batch at which published ResNet-50 training throughput stops growing on
-# V100/A100-class GPUs. An assumption to be measured (`python -m core bench` on a GPU), not a measured figure.
+# Images of 224 px per optimiser step at which we guess a data-centre GPU is busy with arithmetic rather than
+# waiting for kernel launches. A guess, not a measurement (no GPU has run this code yet): `python -m core bench`
+# on a GPU times the pack it gives against one fold at a time, and `parallel_folds=N` overrides it.
 GPU_FILL_IMAGES_224 = 256
 
 
 def pack_size(parallel_folds: int, *, device: torch.device, batch_size: int, image_size: int, folds: int) -> int:
     """How many folds to train at once (core/foldstack.py): the setting when given, else the `auto` rule.
 
-    auto: 1 on the CPU, where stacked folds measured 2-3x slower than one after another (ResNet-18,
-    64 px, batch 32, 5 folds, 2 cores: grouped convolutions); on CUDA, enough folds that a step
+    auto: 1 on the CPU, where stacked folds measured slower than one after another (forward and
+    backward of 5 ResNet-18s at 64 px, batch 32, 2 cores: 2.0-2.7 s stacked against 0.9-1.0 s; 2 folds
+    through the training loop: 0.52-0.71x the images/s, `python -m core bench --quick`); on CUDA, enough folds that a step
     holds about GPU_FILL_IMAGES_224 images of 224 px (the study's batch of 25: 10 folds).
     Too many for the GPU's memory is handled by the engine, which splits a pack that runs out.
     """

@@ -76,6 +76,11 @@ class FoldData:
     y_test: torch.Tensor
 
 
+def step_shape(cfg: RunConfig, n_train: int) -> tuple[int, int]:
+    """(iterations, images per batch) of a fold with `n_train` training images: folds train together only when equal."""
+    return budget(cfg, n_train)[0], min(cfg.batch_size, n_train)
+
+
 def train_fold(
     cfg: RunConfig,
     model: nn.Module,
@@ -137,11 +142,10 @@ def train_folds(
     """
     ex = execution or resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
     k_folds = len(jobs)
-    budgets = [budget(cfg, len(job.x_train)) for job in jobs]
-    total = budgets[0][0]
-    batch = min(cfg.batch_size, len(jobs[0].x_train))
-    if any(t != total for t, _ in budgets) or any(min(cfg.batch_size, len(job.x_train)) != batch for job in jobs):
+    if len({step_shape(cfg, len(job.x_train)) for job in jobs}) > 1:
         raise ValueError("folds trained together need the same iteration budget and batch size; train them apart")
+    total, batch = step_shape(cfg, len(jobs[0].x_train))
+    budgets = [budget(cfg, len(job.x_train)) for job in jobs]
     for job in jobs:
         ex.prepare_model(job.model)
     models = stack([job.model for job in jobs], cfg.backbone)

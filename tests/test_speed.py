@@ -118,15 +118,14 @@ def test_auto_settings_resolve_per_device(monkeypatch):
         resolve(torch.device("cpu"), "fp16")
 
 
-def test_native_bf16_is_read_from_the_cpu_flags(monkeypatch, tmp_path):
-    import core.runtime as runtime
+def test_native_bf16_is_read_from_the_cpu_flags():
+    from core.runtime import has_bf16_flags
 
     flags = "flags\t\t: fpu vme sse sse2 avx2 avx512f avx512bw"
-    for extra, expected in (("", False), (" avx512_bf16 avx512_vnni", True), (" amx_tile amx_bf16", True)):
-        info = tmp_path / f"cpuinfo{len(extra)}"
-        info.write_text(flags + extra + "\n")
-        monkeypatch.setattr(runtime, "Path", lambda _p, info=info: info)
-        assert runtime.cpu_has_native_bf16.__wrapped__() is expected
+    assert not has_bf16_flags(flags)  # AVX-512 alone only emulates bf16 (20x slower than fp32, measured)
+    assert has_bf16_flags(flags + " avx512_bf16 avx512_vnni")
+    assert has_bf16_flags(flags + " amx_tile amx_bf16")
+    assert not has_bf16_flags("flags : avx512_bf16x")  # whole flags only
 
 
 def test_threads_default_to_the_physical_cores():
