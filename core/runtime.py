@@ -6,7 +6,7 @@ run on a GPU execute the same training code and differ only in the settings reso
 | setting | CPU | CUDA |
 |---|---|---|
 | `precision=auto` | bf16 autocast on a CPU with bf16 instructions (AVX512-BF16, AMX): 1.2-1.7x faster training measured; else fp32 (bf16 measured 20x slower without them) | bf16 autocast (weights, optimiser and loss stay fp32) when the GPU supports bf16 |
-| `channels_last=auto` | off (on 2 cores: within +-10 % of NCHW, either way, for ResNet-18 at 64 and 128 px) | on (tensor cores want NHWC) |
+| `channels_last=auto` | on with bf16 (oneDNN's bf16 kernels want NHWC: ResNet-50 at 224 px trained 1.6x faster, 2026-12-02, AMX CPU); off in fp32 (ResNet-18 at 64 px: 0.78-0.99x of NCHW) | on (tensor cores want NHWC) |
 | threads (`num_threads=0`) | the physical cores, one inter-op thread | the same, for the host side |
 | `cudnn.benchmark` | - | on (fixed input sizes: the fastest kernels are picked once) |
 | TF32 convolutions | - | off (torch's default is on): fp32 is fp32 |
@@ -88,7 +88,8 @@ def resolve(device: torch.device, precision: str = "auto", channels_last: str = 
         from core import CxrError
 
         raise CxrError("precision=bf16 needs a GPU with bfloat16 support (Ampere or newer); use --set precision=fp32")
-    nhwc = cuda if channels_last == "auto" else channels_last == "on"
+    # auto: NHWC on a GPU, and on a CPU when it computes in bf16 (see the table above; docs/benchmarks.md has the figures)
+    nhwc = (cuda or amp is not None) if channels_last == "auto" else channels_last == "on"
     return Execution(device=device, amp_dtype=amp, channels_last=nhwc, compile=torch_compile)
 
 

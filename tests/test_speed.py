@@ -112,6 +112,9 @@ def test_auto_settings_resolve_per_device(monkeypatch):
     assert cpu.amp_dtype is None and not cpu.channels_last and cpu.precision == "fp32"
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)  # AVX512-BF16 or AMX: bf16 is the faster one
     assert resolve(torch.device("cpu")).precision == "bf16" and resolve(torch.device("cpu"), "fp32").precision == "fp32"
+    assert resolve(torch.device("cpu")).channels_last  # oneDNN's bf16 kernels want NHWC
+    assert not resolve(torch.device("cpu"), "fp32").channels_last  # in fp32 NHWC gave no consistent gain
+    assert resolve(torch.device("cuda"), "fp32").channels_last and not resolve(torch.device("cpu"), "bf16", "off").channels_last
     assert resolve(torch.device("cpu"), "bf16", "on").amp_dtype == torch.bfloat16
     assert resolve(torch.device("cpu"), "bf16", "on").describe() == "bf16, channels_last"
     with pytest.raises(ValueError):
