@@ -16,9 +16,14 @@ What stays exactly as if each fold trained alone:
 What differs is the order of floating-point sums inside the grouped kernels: results agree with
 sequential folds to rounding, which training can amplify over many steps (tests/test_foldstack.py).
 
-`SingleModel` is the same interface for one fold, without vmap: on a CPU, grouped convolutions
-measured slower than the folds one after another (2 folds: 0.52-0.71x the images/s), so the CPU
-path keeps plain modules.
+Two traps of vmap under autocast (bf16), found on the CPU and fixed by `StackedAutocast`:
+- torch's CPU autocast casts `conv2d`, which vmap decomposes before autocast sees it, so stacked
+  convolutions silently ran in fp32 in a "bf16" run (CUDA autocast also casts the `convolution`
+  that vmap hands on, so GPUs would get bf16 there);
+- vmap's BatchNorm rule calls the kernel with a weight in the input's dtype (bf16) beside the fp32
+  running statistics, which the CPU kernel refuses ("expected scalar type BFloat16 but found
+  Float"); the rule is the same on every device, so stacked BatchNorm gets its input in the
+  statistics' dtype (fp32), and the next convolution casts back to bf16.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ from typing import Callable
 import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
+from torch.overrides import TorchFunctionMode
 
 from core.models import BACKBONES, get_module, named_param_groups
 
@@ -59,6 +66,66 @@ class SingleModel:
         return self.models
 
 
+class StackedAutocast(TorchFunctionMode):
+    """Autocast as it should act on vmapped models (see the module's docstring): a no-op in fp32.
+
+    - While CPU autocast is on, convolutions and linear layers get their floating inputs in the
+      autocast dtype, as autocast gives them outside vmap (AutocastCPU registers conv1d/2d/3d and
+      linear, which vmap decomposes before the autocast layer runs).
+    - BatchNorm gets its input in the dtype of its running statistics, which vmap's rule needs.
+    The casts are differentiable, so gradients reach the fp32 parameters as under plain autocast.
+    """
+
+    LOWER_PRECISION = frozenset({F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d, F.linear})
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.LOWER_PRECISION and torch.is_autocast_enabled("cpu"):
+            dtype = torch.get_autocast_dtype("cpu")
+            cast = lambda v: v.to(dtype) if isinstance(v, torch.Tensor) and v.is_floating_point() else v  # noqa: E731
+            args, kwargs = tuple(cast(v) for v in args), {k: cast(v) for k, v in kwargs.items()}
+        elif func is F.batch_norm:
+            x, stats = args[0], args[1] if len(args) > 1 else kwargs.get("running_mean")
+            if isinstance(stats, torch.Tensor) and x.dtype != stats.dtype:
+                args = (x.to(stats.dtype),) + tuple(args[1:])
+        return func(*args, **kwargs)
+
+
+class StochasticDepthPerFold(nn.Module):
+    """torchvision's StochasticDepth (EfficientNet) in a form vmap can run with a separate draw per fold.
+
+    torchvision draws into a fresh unbatched tensor in place (`torch.empty(...).bernoulli_()`), which vmap
+    refuses with per-fold randomness; here the uniform draw is shaped after the (batched) input instead.
+    Same distribution: each row (or the whole batch) kept with probability 1 - p and scaled by 1 / (1 - p).
+    """
+
+    def __init__(self, p: float, mode: str) -> None:
+        super().__init__()
+        self.p, self.mode = p, mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        first = x.shape[0] if self.mode == "row" else 1
+        corner = x[(slice(0, first),) + (slice(0, 1),) * (x.ndim - 1)]  # (B, 1, 1, 1) or (1, 1, 1, 1), batched per fold
+        noise = (torch.rand_like(corner) < keep).to(x.dtype)
+        return x * noise / keep if keep > 0.0 else x * noise
+
+
+def vmap_ready(base: nn.Module) -> nn.Module:
+    """`base` (the stacked models' weightless structure) with modules vmap cannot run per fold replaced by equivalents."""
+    from torchvision.ops import StochasticDepth
+
+    for name, module in list(base.named_modules()):
+        if isinstance(module, StochasticDepth):
+            parent, _, child = name.rpartition(".")
+            replacement = StochasticDepthPerFold(module.p, module.mode)
+            replacement.train(module.training)
+            setattr(base.get_submodule(parent) if parent else base, child, replacement)
+    return base
+
+
 class StackedModels:
     """K models of one architecture as stacked tensors: inputs (K, B, 3, H, W) -> logits (K, B, C).
 
@@ -74,13 +141,21 @@ class StackedModels:
             params, buffers = stack_module_state(models)  # new leaf tensors (K, ...), parameters requiring grad
         self.params, self.buffers = params, buffers
         # A weightless copy for the structure and the train/eval flags; functional_call swaps the tensors in.
-        self.base = copy.deepcopy(models[0]).to("meta")
+        self.base = vmap_ready(copy.deepcopy(models[0]).to("meta"))
 
         def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (p, b), (x,))
 
-        batched = vmap(one, in_dims=(0, 0, 0))
-        self.forward = lambda x: batched(self.params, self.buffers, x)
+        # Dropout and stochastic depth (EfficientNet, MobileNet) draw a separate mask per fold, as separate models would;
+        # vmap's default refuses random operations. The draws come from the global generator, so those models match
+        # sequential folds in distribution, not draw for draw (ResNets and DenseNets draw nothing in their forward).
+        batched = vmap(one, in_dims=(0, 0, 0), randomness="different")
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            with StackedAutocast():
+                return batched(self.params, self.buffers, x)
+
+        self.forward = forward
 
     def named_parameters(self) -> dict[str, torch.Tensor]:
         return self.params

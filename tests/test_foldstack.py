@@ -20,7 +20,7 @@ import core.train as train
 from core import CxrError
 from core.engine import run_cross_validation
 from core.models import build_model
-from core.runtime import pack_size, plan_packs
+from core.runtime import pack_size, plan_packs, resolve
 from core.store import Store
 from core.train import FoldData, train_folds
 
@@ -98,6 +98,56 @@ def test_a_fold_draws_the_same_batches_and_augmentation_alone_or_together(monkey
             torch.testing.assert_close(theta[6 * k : 6 * (k + 1)], per_fold[k][it][1])
 
 
+def test_stacked_folds_compute_in_bf16_when_the_run_does():
+    """vmap hides convolutions and linear layers from torch's CPU autocast: stacked folds of a "bf16" run used to
+    compute in fp32 (and a bf16 input then broke vmap's BatchNorm). Every convolution of a stacked forward must
+    give bf16, as in a single model, and the gradients must reach the fp32 weights."""
+    from core.foldstack import stack
+
+    convs: list[torch.dtype] = []
+    stacked = stack([job.model for job in _jobs([0, 1])], "resnet18")
+    for module in stacked.base.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.register_forward_hook(lambda m, i, out: convs.append(out.dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = stacked.forward(torch.randn(2, 4, 3, 32, 32))
+    logits.float().sum().backward()
+    assert logits.dtype == torch.bfloat16 and convs and set(convs) == {torch.bfloat16}
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in stacked.params.values())
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):  # and without autocast nothing is cast
+        assert stacked.forward(torch.randn(2, 4, 3, 32, 32)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("backbone", ["efficientnet_b0", "mobilenet_v3_small"])
+def test_backbones_with_dropout_or_stochastic_depth_train_with_folds_together(backbone):
+    """vmap refuses random operations unless told how to draw them; each fold draws its own masks, as alone."""
+    cfg = tiny_config(backbone=backbone, augment=False, max_iterations=2, eval_every=100, batch_size=4, image_size=32)
+    jobs = []
+    for k in range(2):
+        torch.manual_seed(k)
+        jobs.append(FoldData(k, build_model(backbone, 2, "none")[0], *_images(k, 8), *_images(10 + k, 4)))
+    outcomes = train_folds(cfg, jobs, device=CPU)
+    assert [len(o.test_probs) for o in outcomes] == [4, 4]
+    assert all(np.isfinite(r["loss"]) for o in outcomes for r in o.curve)
+
+
+def test_stochastic_depth_per_fold_keeps_rows_as_torchvision_does():
+    from torchvision.ops import StochasticDepth
+
+    from core.foldstack import StochasticDepthPerFold, vmap_ready
+
+    layer = StochasticDepthPerFold(0.25, "row").train()
+    x = torch.ones(2, 4000, 1, 1, 1)  # 2 folds of 4000 rows
+    out = torch.func.vmap(layer, randomness="different")(x)
+    kept = out[:, :, 0, 0, 0] != 0
+    assert kept.float().mean().item() == pytest.approx(0.75, abs=0.03)  # each row kept with probability 1 - p
+    torch.testing.assert_close(out[:, :, 0, 0, 0][kept], torch.full((int(kept.sum()),), 1 / 0.75))  # kept rows scaled by 1 / (1 - p)
+    assert not torch.equal(kept[0], kept[1])  # a separate draw per fold
+    assert torch.equal(layer.eval()(x[0]), x[0])  # evaluation keeps everything
+    model = vmap_ready(torch.nn.Sequential(torch.nn.Identity(), StochasticDepth(0.2, "row")))
+    assert isinstance(model[1], StochasticDepthPerFold) and model[1].p == 0.2
+
+
 def test_folds_with_different_budgets_cannot_be_stacked():
     cfg = tiny_config(max_iterations=0, max_epochs=1, batch_size=6)
     jobs = _jobs([0]) + _jobs([1], n_train=36)  # 4 vs 6 iterations in one epoch
@@ -167,24 +217,29 @@ def test_a_run_with_folds_together_stores_what_a_run_one_fold_at_a_time_stores(t
     assert all(e["pack"] == [0, 1, 2] for e in events if e["event"] == "fold_start")
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_a_float32_run_with_folds_together_reaches_the_same_results_and_heat_maps(tmp_path, device):
-    """As runs train (float32), summation order differs in the stacked kernels and training amplifies it: after 6
+@pytest.mark.parametrize("device,precision", [("cpu", "fp32"), ("cpu", "bf16")] + [("cuda", "auto")] * ("cuda" in DEVICES))
+def test_a_run_with_folds_together_reaches_the_same_results_and_heat_maps(tmp_path, device, precision):
+    """As runs train, summation order differs in the stacked kernels and training amplifies it: after 6 float32
     iterations on this task, probabilities moved by up to 0.07, but fold AUCs and accuracies were equal (seeds 0-2).
-    Stated tolerance: pooled AUC and accuracy within 0.05; the first iteration's loss, before any drift, to 1e-5
-    (2 % in bf16 on a GPU: not yet measured there)."""
+    Stated tolerance: pooled AUC and accuracy within 0.05; the first iteration's loss, before any drift, to 1e-5 in
+    float32 and 5 % in bf16 (which `auto` picks on a GPU and on a CPU with bf16 instructions, with NHWC; measured on
+    an AMX CPU: up to 1.5 % between alone and together, and 2.7 % between NCHW and NHWC alone). In bf16 only the AUC
+    is compared: these barely trained probabilities sit around the 0.5 threshold, and bf16's rounding moved accuracy
+    by up to 0.17 between alone and together with NCHW and NHWC alike, AUCs equal (seeds 0-2)."""
     data = blob_dataset(tmp_path / "d", n_per_class=15)
     store = Store(tmp_path / "runs")
-    gpu = device == "cuda"  # there as runs train there: bf16 and NHWC, and the first loss only to bf16's precision
     cfg = tiny_config(data, max_iterations=6, batch_size=6, eval_every=3, gradcam=True, gradcam_max=0, device=device,
-                      precision="auto" if gpu else "fp32", channels_last="auto")
+                      precision=precision, channels_last="auto")
+    fast = resolve(torch.device(device), precision, "auto")
+    bf16 = fast.amp_dtype is not None  # the first loss only to bf16's precision
+    assert fast.channels_last == bf16  # auto: NHWC exactly where the run computes in bf16
     alone = run_cross_validation(cfg.replace(parallel_folds=1), store=store, run_id="alone")
     together = run_cross_validation(cfg.replace(parallel_folds=3), store=store, run_id="together")
-    for metric in ("auc", "accuracy"):
+    for metric in ("auc",) if bf16 else ("auc", "accuracy"):
         assert abs(together.metrics[metric] - alone.metrics[metric]) <= 0.05
     (_, ca, _), (_, ct, _) = _stored(store, "alone"), _stored(store, "together")
     first = (ca["phase"] == "train") & (ca["iteration"] == 1)
-    np.testing.assert_allclose(ct[first]["loss"], ca[first]["loss"], rtol=2e-2 if gpu else 1e-5)
+    np.testing.assert_allclose(ct[first]["loss"], ca[first]["loss"], rtol=5e-2 if bf16 else 1e-5)
     assert len(store.cams("together")) == len(store.cams("alone")) > 0
     assert store.run("together")["status"] == "finished"
 
