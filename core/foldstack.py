@@ -16,14 +16,19 @@ What stays exactly as if each fold trained alone:
 What differs is the order of floating-point sums inside the grouped kernels: results agree with
 sequential folds to rounding, which training can amplify over many steps (tests/test_foldstack.py).
 
-Two traps of vmap under autocast (bf16), found on the CPU and fixed by `StackedAutocast`:
-- torch's CPU autocast casts `conv2d`, which vmap decomposes before autocast sees it, so stacked
-  convolutions silently ran in fp32 in a "bf16" run (CUDA autocast also casts the `convolution`
-  that vmap hands on, so GPUs would get bf16 there);
+Gaps of vmap that the stacked path works around, all found on the CPU (no GPU has run it yet):
+- torch's CPU autocast casts `conv2d` and `linear`, which vmap decomposes before autocast sees them,
+  so stacked folds of a "bf16" run computed in fp32 (CUDA autocast also casts the `convolution` that
+  vmap hands on). `VmapGapsMode` applies autocast's rule above vmap.
 - vmap's BatchNorm rule calls the kernel with a weight in the input's dtype (bf16) beside the fp32
   running statistics, which the CPU kernel refuses ("expected scalar type BFloat16 but found
-  Float"); the rule is the same on every device, so stacked BatchNorm gets its input in the
-  statistics' dtype (fp32), and the next convolution casts back to bf16.
+  Float"). The rule is the same on every device, so stacked BatchNorm gets its input in the
+  statistics' dtype (fp32); the next convolution casts back to bf16.
+- vmap refuses random operations unless told how to draw them: each fold draws its own dropout and
+  stochastic-depth masks (`randomness="different"`), and torchvision's StochasticDepth, which draws
+  in place into an unbatched tensor, is swapped for `StochasticDepthPerFold` in the stacked structure.
+- global average pooling of NHWC tensors has no batching rule (`as_strided_`), so vmap looped over
+  the folds with a warning; pooling to 1 x 1 is computed as a mean over height and width instead.
 """
 
 from __future__ import annotations
@@ -66,14 +71,15 @@ class SingleModel:
         return self.models
 
 
-class StackedAutocast(TorchFunctionMode):
-    """Autocast as it should act on vmapped models (see the module's docstring): a no-op in fp32.
+class VmapGapsMode(TorchFunctionMode):
+    """Operations as they act outside vmap, where vmap alone gets them wrong or slow (see the module's docstring).
 
     - While CPU autocast is on, convolutions and linear layers get their floating inputs in the
-      autocast dtype, as autocast gives them outside vmap (AutocastCPU registers conv1d/2d/3d and
-      linear, which vmap decomposes before the autocast layer runs).
+      autocast dtype, as autocast gives them outside vmap. The casts are differentiable, so gradients
+      reach the fp32 parameters as under plain autocast.
     - BatchNorm gets its input in the dtype of its running statistics, which vmap's rule needs.
-    The casts are differentiable, so gradients reach the fp32 parameters as under plain autocast.
+    - Adaptive average pooling to 1 x 1 is a mean over height and width (the same numbers).
+    In fp32 without NHWC only the pooling changes, to the same result.
     """
 
     LOWER_PRECISION = frozenset({F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d, F.linear})
@@ -88,6 +94,10 @@ class StackedAutocast(TorchFunctionMode):
             x, stats = args[0], args[1] if len(args) > 1 else kwargs.get("running_mean")
             if isinstance(stats, torch.Tensor) and x.dtype != stats.dtype:
                 args = (x.to(stats.dtype),) + tuple(args[1:])
+        elif func is F.adaptive_avg_pool2d:
+            size = args[1] if len(args) > 1 else kwargs.get("output_size")
+            if size in (1, (1, 1), [1, 1]):
+                return args[0].mean(dim=(-2, -1), keepdim=True)
         return func(*args, **kwargs)
 
 
@@ -146,13 +156,13 @@ class StackedModels:
         def one(p: dict, b: dict, x: torch.Tensor) -> torch.Tensor:
             return functional_call(self.base, (p, b), (x,))
 
-        # Dropout and stochastic depth (EfficientNet, MobileNet) draw a separate mask per fold, as separate models would;
-        # vmap's default refuses random operations. The draws come from the global generator, so those models match
-        # sequential folds in distribution, not draw for draw (ResNets and DenseNets draw nothing in their forward).
+        # Dropout and stochastic depth (EfficientNet, MobileNet) draw a separate mask per fold, as separate models would.
+        # The draws come from the global generator, so those models match sequential folds in distribution, not draw
+        # for draw (ResNets and DenseNets draw nothing in their forward).
         batched = vmap(one, in_dims=(0, 0, 0), randomness="different")
 
         def forward(x: torch.Tensor) -> torch.Tensor:
-            with StackedAutocast():
+            with VmapGapsMode():
                 return batched(self.params, self.buffers, x)
 
         self.forward = forward
