@@ -41,9 +41,9 @@ def test_a_run_stores_every_fold_and_every_prediction_exactly_once(finished):
     assert run["status"] == "finished" and run["n_images"] == 24
     assert json.loads(run["config"]) == json.loads(cfg.to_json())
     assert run["torch_version"] and run["code_version"] and run["device"].startswith("cpu")
-    # what `auto` became on this machine is stored with the run (bf16 on some CPUs, fp32 on others)
+    # what `auto` became on this machine is stored with the run (bf16 and NHWC on some CPUs, fp32 on others)
     from core.runtime import resolve
-    assert f"{resolve(torch.device('cpu')).precision}, 1 fold at a time" in run["device"]
+    assert f"{resolve(torch.device('cpu')).describe()}, 1 fold at a time" in run["device"]
     folds = store.folds(result.run_id)
     assert folds["fold"].tolist() == [0, 1, 2] and (folds["status"] == "finished").all()
     preds = store.predictions(result.run_id)
