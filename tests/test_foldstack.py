@@ -100,38 +100,41 @@ def test_a_fold_draws_the_same_batches_and_augmentation_alone_or_together(monkey
             torch.testing.assert_close(theta[6 * k : 6 * (k + 1)], per_fold[k][it][1])
 
 
-def test_stacked_folds_compute_in_bf16_when_the_run_does():
+@pytest.mark.parametrize("device", DEVICES)
+def test_stacked_folds_compute_in_bf16_when_the_run_does(device):
     """vmap hides convolutions and linear layers from torch's CPU autocast: stacked folds of a "bf16" run used to
     compute in fp32 (and a bf16 input then broke vmap's BatchNorm). Every convolution of a stacked forward must
     give bf16, as in a single model, and the gradients must reach the fp32 weights."""
     from core.foldstack import stack
 
     convs: list[torch.dtype] = []
-    stacked = stack([job.model.to(memory_format=torch.channels_last) for job in _jobs([0, 1])], "resnet18")  # as auto runs bf16
+    models = [job.model.to(device, memory_format=torch.channels_last) for job in _jobs([0, 1])]  # as auto runs bf16
+    stacked = stack(models, "resnet18")
     for module in stacked.base.modules():
         if isinstance(module, torch.nn.Conv2d):
             module.register_forward_hook(lambda m, i, out: convs.append(out.dtype))
-    x = torch.randn(8, 3, 64, 64).contiguous(memory_format=torch.channels_last).unflatten(0, (2, 4))  # pooled from 2 x 2
-    with warnings.catch_warnings(record=True) as caught, torch.autocast("cpu", dtype=torch.bfloat16):
+    x = torch.randn(8, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last).unflatten(0, (2, 4))  # pooled from 2 x 2
+    with warnings.catch_warnings(record=True) as caught, torch.autocast(device, dtype=torch.bfloat16):
         warnings.simplefilter("always")
         logits = stacked.forward(x)
     logits.float().sum().backward()
     assert not [w for w in caught if "batching rule" in str(w.message)]  # no operation left to a per-fold loop
     assert logits.dtype == torch.bfloat16 and convs and set(convs) == {torch.bfloat16}
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in stacked.params.values())
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):  # and without autocast nothing is cast
-        assert stacked.forward(torch.randn(2, 4, 3, 32, 32)).dtype == torch.float32
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=False):  # and without autocast nothing is cast
+        assert stacked.forward(torch.randn(2, 4, 3, 32, 32, device=device)).dtype == torch.float32
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "mobilenet_v3_small"])
-def test_backbones_with_dropout_or_stochastic_depth_train_with_folds_together(backbone):
+def test_backbones_with_dropout_or_stochastic_depth_train_with_folds_together(backbone, device):
     """vmap refuses random operations unless told how to draw them; each fold draws its own masks, as alone."""
-    cfg = tiny_config(backbone=backbone, augment=False, max_iterations=2, eval_every=100, batch_size=4, image_size=32)
+    cfg = tiny_config(backbone=backbone, augment=False, max_iterations=2, eval_every=100, batch_size=4, image_size=32, device=device)
     jobs = []
     for k in range(2):
         torch.manual_seed(k)
         jobs.append(FoldData(k, build_model(backbone, 2, "none")[0], *_images(k, 8), *_images(10 + k, 4)))
-    outcomes = train_folds(cfg, jobs, device=CPU)
+    outcomes = train_folds(cfg, jobs, device=torch.device(device))
     assert [len(o.test_probs) for o in outcomes] == [4, 4]
     assert all(np.isfinite(r["loss"]) for o in outcomes for r in o.curve)
 
