@@ -16,6 +16,10 @@ What stays exactly as if each fold trained alone:
 What differs is the order of floating-point sums inside the grouped kernels: results agree with
 sequential folds to rounding, which training can amplify over many steps (tests/test_foldstack.py).
 
+`SingleModel` is the same interface for one fold, without vmap: on a CPU, stacked folds measured
+slower than the folds one after another (2 folds: 0.61-0.99x the images/s in bf16; 0.52-0.71x before
+the first fix below), so the CPU path keeps plain modules unless `parallel_folds` asks otherwise.
+
 Gaps of vmap that the stacked path works around, all found on the CPU (no GPU has run it yet):
 - torch's CPU autocast casts `conv2d` and `linear`, which vmap decomposes before autocast sees them,
   so stacked folds of a "bf16" run computed in fp32 (CUDA autocast also casts the `convolution` that
