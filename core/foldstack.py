@@ -26,8 +26,10 @@ Gaps of vmap that the stacked path works around, all found on the CPU (no GPU ha
   vmap hands on). `VmapGapsMode` applies autocast's rule above vmap.
 - vmap's BatchNorm rule calls the kernel with a weight in the input's dtype (bf16) beside the fp32
   running statistics, which the CPU kernel refuses ("expected scalar type BFloat16 but found
-  Float"). The rule is the same on every device, so stacked BatchNorm gets its input in the
-  statistics' dtype (fp32); the next convolution casts back to bf16.
+  Float"). On a CPU, stacked BatchNorm therefore gets its input in the statistics' dtype (fp32);
+  the next convolution casts back to bf16. CUDA's kernel takes mixed dtypes and accumulates in
+  fp32 itself (torch's aten/src/ATen/native/cuda/Normalization.cu), so a GPU keeps BatchNorm in
+  bf16 and saves the memory traffic of the casts.
 - vmap refuses random operations unless told how to draw them: each fold draws its own dropout and
   stochastic-depth masks (`randomness="different"`), and torchvision's StochasticDepth, which draws
   in place into an unbatched tensor, is swapped for `StochasticDepthPerFold` in the stacked structure.
@@ -81,7 +83,7 @@ class VmapGapsMode(TorchFunctionMode):
     - While CPU autocast is on, convolutions and linear layers get their floating inputs in the
       autocast dtype, as autocast gives them outside vmap. The casts are differentiable, so gradients
       reach the fp32 parameters as under plain autocast.
-    - BatchNorm gets its input in the dtype of its running statistics, which vmap's rule needs.
+    - On a CPU, BatchNorm gets its input in the dtype of its running statistics, which vmap's rule needs there.
     - Adaptive average pooling to 1 x 1 is a mean over height and width (the same numbers).
     In fp32 without NHWC only the pooling changes, to the same result.
     """
@@ -96,7 +98,7 @@ class VmapGapsMode(TorchFunctionMode):
             args, kwargs = tuple(cast(v) for v in args), {k: cast(v) for k, v in kwargs.items()}
         elif func is F.batch_norm:
             x, stats = args[0], args[1] if len(args) > 1 else kwargs.get("running_mean")
-            if isinstance(stats, torch.Tensor) and x.dtype != stats.dtype:
+            if isinstance(stats, torch.Tensor) and x.dtype != stats.dtype and x.device.type == "cpu":
                 args = (x.to(stats.dtype),) + tuple(args[1:])
         elif func is F.adaptive_avg_pool2d:
             size = args[1] if len(args) > 1 else kwargs.get("output_size")
