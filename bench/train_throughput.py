@@ -3,7 +3,7 @@
 Ours: `core.train.train_fold` as a run calls it: decoded uint8 images resident on the device,
 batches gathered by index there, per-image augmentation in one `grid_sample`, normalisation on
 the device, precision and memory format from `core.runtime` (`auto`: bf16 + channels_last on
-CUDA, fp32 on the CPU).
+CUDA and on a CPU with bf16 instructions, else fp32 in NCHW).
 
 Baseline: what a plain PyTorch script does: a Dataset that opens and decodes each file every
 epoch (`PIL.Image.open(...).convert("RGB")` as torchvision's default loader), torchvision

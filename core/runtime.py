@@ -218,7 +218,7 @@ def pack_size(parallel_folds: int, *, device: torch.device, batch_size: int, ima
 
     auto: 1 on the CPU, where stacked folds measured slower than one after another (forward and
     backward of 5 ResNet-18s at 64 px, batch 32, 2 cores: 2.0-2.7 s stacked against 0.9-1.0 s; 2 folds
-    through the training loop: 0.52-0.71x the images/s, `python -m core bench --quick`); on CUDA, enough folds that a step
+    through the training loop in bf16: 0.61-0.99x the images/s, `python -m core bench --quick`); on CUDA, enough folds that a step
     holds about GPU_FILL_IMAGES_224 images of 224 px (the study's batch of 25: 10 folds).
     Too many for the GPU's memory is handled by the engine, which splits a pack that runs out.
     """
