@@ -164,10 +164,15 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from core.config import apply_overrides, preset
-    from core.engine import run_cross_validation
+    from core.data.sources import check_data_path
     from core.store import Store, default_runs_dir
 
+    # Settings and the data path are checked before the engine (torch, torchvision: seconds) is imported,
+    # so a typo is answered at once.
     cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
+    check_data_path(cfg.data)
+    from core.engine import run_cross_validation
+
     store = Store(args.runs_dir or default_runs_dir())
     reporter = ProgressReporter(disable=args.no_progress)
     try:
@@ -191,13 +196,15 @@ def _print_result(result) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from core.engine import resume_cross_validation
-    from core.lifecycle import mark_interrupted
+    from core.lifecycle import check_resumable, mark_interrupted
     from core.store import Store, default_runs_dir
 
     store = Store(args.runs_dir or default_runs_dir())
     if store.path.exists():
         mark_interrupted(store)
+    check_resumable(store, args.run_id)  # a wrong id or a finished run is answered before torch is imported
+    from core.engine import resume_cross_validation
+
     reporter = ProgressReporter(disable=args.no_progress)
     try:
         result = resume_cross_validation(store, args.run_id, device=args.device, progress=reporter)
@@ -209,11 +216,17 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from core.config import apply_overrides, preset
+    from core.data.sources import check_data_path
     from core.store import Store, default_runs_dir
-    from core.sweep import parse_grid, run_sweep
+    from core.sweep import expand, parse_grid
 
+    # As for `run`: every combination's settings and the data path are checked before the engine is imported.
     grid = parse_grid(args.grid)
     cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
+    expand(cfg, grid)
+    check_data_path(cfg.data)
+    from core.sweep import run_sweep
+
     reporter = ProgressReporter(disable=args.no_progress)
     try:
         sweep_id, results = run_sweep(cfg, grid, store=Store(args.runs_dir or default_runs_dir()), preset=args.label_preset or args.preset,

@@ -6,11 +6,14 @@ import itertools
 import secrets
 import time
 from dataclasses import fields
+from typing import TYPE_CHECKING
 
 from core import CxrError
 from core.config import RunConfig, apply_overrides
-from core.engine import Progress, RunResult, run_cross_validation
-from core.store import Store
+
+if TYPE_CHECKING:  # the engine (torch) is imported only to run: parsing and checking a grid stays instant
+    from core.engine import Progress, RunResult
+    from core.store import Store
 
 # Settings that change which images go where: a sweep over them would compare runs on other splits.
 SPLIT_FIELDS = {"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column", "folds", "seed",
@@ -53,6 +56,8 @@ def new_sweep_id() -> str:
 def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, preset: str = "", progress: Progress | None = None,
               sweep_id: str | None = None) -> tuple[str, list[RunResult]]:
     """Run every combination; the first run's splits are reused by all the others."""
+    from core.engine import run_cross_validation
+
     combos = expand(base, grid)
     sweep_id = sweep_id or new_sweep_id()
     results: list[RunResult] = []

@@ -65,6 +65,29 @@ def test_missing_data_is_reported(tmp_path):
     assert done.returncode == 2 and "does not exist" in done.stderr
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--data", "DATA", "--set", "nonsense=1"], "unknown setting 'nonsense'"),
+        (["run", "--data", "DATA", "--set", "learning_rate=-1"], "learning_rate must be greater than 0"),
+        (["run", "--data", "MISSING"], "does not exist"),
+        (["sweep", "--data", "DATA", "--grid", "learning_rate=0.1,-1"], "learning_rate must be greater than 0"),
+        (["sweep", "--data", "MISSING", "--grid", "learning_rate=0.1,0.2"], "does not exist"),
+        (["resume", "no-such-run"], "no run 'no-such-run'"),
+    ],
+)
+def test_mistakes_are_answered_before_the_engine_loads_torch(tmp_path, args, message):
+    """Importing torch and torchvision takes seconds; a typo should not wait for it."""
+    data = blob_dataset(tmp_path / "d", n_per_class=2)
+    argv = [str(data) if a == "DATA" else str(tmp_path / "nope") if a == "MISSING" else a for a in args]
+    probe = ("import sys; from core.__main__ import main; code = main(sys.argv[1:]); "
+             "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded'); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", probe, *argv, "--runs-dir", str(tmp_path / "runs")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert done.stdout.strip() == "torch not loaded"
+
+
 def test_settings_lists_every_field_with_help():
     done = cli("settings", "--preset", "paper")
     assert done.returncode == 0 and "head_lr_factor = 10.0" in done.stdout and "WeightLearnRateFactor" in done.stdout

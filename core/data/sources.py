@@ -33,6 +33,20 @@ class Manifest:
         return self.table[self.table["excluded_reason"] == ""]
 
 
+def check_data_path(data: str) -> Path:
+    """The data set's path, or a CxrError saying it is missing.
+
+    Cheap (no image is read, torch is not loaded), so the CLI calls it before importing the
+    engine: a mistyped `--data` is answered at once instead of after seconds of imports.
+    """
+    root = Path(data).expanduser()
+    if not str(data).strip():
+        raise CxrError("no data set given; pass --data PATH (make one with: python -m core demo-data --out data/demo)")
+    if not root.exists():
+        raise CxrError(f"data set {root} does not exist; check the path (or create demo data with python -m core demo-data)")
+    return root
+
+
 def build_manifest(
     data: str,
     *,
@@ -44,11 +58,7 @@ def build_manifest(
     fold_column: str = "",
 ) -> Manifest:
     """Read any supported source into a Manifest; `source='auto'` decides from what `data` is."""
-    root = Path(data).expanduser()
-    if not str(data).strip():
-        raise CxrError("no data set given; pass --data PATH (make one with: python -m core demo-data --out data/demo)")
-    if not root.exists():
-        raise CxrError(f"data set {root} does not exist; check the path (or create demo data with python -m core demo-data)")
+    root = check_data_path(data)
     kind = detect_source(root) if source == "auto" else source
     if kind == "demo":
         manifest = from_demo(root)
