@@ -57,3 +57,20 @@ def test_home_starts_a_quick_demo_run_in_the_background(dirs, monkeypatch):
     assert not at.exception and at.session_state["train_job"] == "r-123"
     cfg, kw = started[0]
     assert cfg.data == str(dirs / "demo") and kw["preset"] == "quick"
+
+
+def test_the_navigation_lists_every_page_file_once():
+    """app.py declares the pages (st.navigation), so a new file in pages/ would otherwise be silently unreachable."""
+    import re
+
+    root = Path(APP).parent
+    declared = re.findall(r'st\.Page\("(pages/[^"]+\.py)"', (root / "app.py").read_text())
+    assert sorted(declared) == sorted(f"pages/{p.name}" for p in (root / "pages").glob("*.py"))
+    assert len(declared) == len(set(declared))
+
+
+def test_the_sidebar_says_home_and_links_open_their_pages(dirs):
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    assert not at.exception and at.title[0].value == "cxr-transfer"  # the home page is the default
+    at.switch_page("pages/2_Runs.py").run()
+    assert not at.exception and at.title[0].value == "Runs"

@@ -22,7 +22,7 @@ from conftest import blob_dataset, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# every page file, as Streamlit names its URL ("4_Grad-CAM.py" -> "Grad-CAM"), so a new page cannot be left out
+# every numbered page file by its URL ("4_Grad-CAM.py" -> "Grad-CAM"), so a new page cannot be left out; "" is the home page
 PAGES = [""] + [f.stem.split("_", 1)[1] for f in sorted((Path(__file__).resolve().parent.parent / "pages").glob("[0-9]*_*.py"))]
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -r requirements-dev.txt)")
@@ -69,4 +69,6 @@ def test_every_page_renders_without_exceptions(server):
             text = page.inner_text("body")
             assert "Traceback" not in text and "Exception" not in text and "Error:" not in text, f"page {name or 'home'}: {text[:500]}"
             assert page.locator("[data-testid='stException']").count() == 0, f"page {name or 'home'}"
+            nav = page.inner_text("[data-testid='stSidebarNav']").split("\n")
+            assert "Home" in nav and "app" not in nav and all(n in nav for n in PAGES if n), nav
         browser.close()

@@ -1,0 +1,60 @@
+"""Home page: what the tool does, the demo data set, and the runs in the store (app.py routes here by default)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from core.dashboard import demo_summary, environment, make_demo, runs_table, start_quick_demo
+from core.safety import DEMO_NOTICE, demo_mode
+
+DEMO_DIR = Path(os.environ.get("CXR_DEMO_DIR", "data/demo"))
+RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+
+st.title("cxr-transfer")
+st.write(
+    "Fine-tune ImageNet CNNs on chest radiographs with k-fold cross-validation, as in the published "
+    "MATLAB study (ResNet-50, pleural effusion vs normal), and explore the results."
+)
+
+DEMO = demo_mode()
+if DEMO:
+    st.info(DEMO_NOTICE)
+env = st.cache_data(ttl=60, show_spinner=False)(environment)()
+cols = st.columns(2)
+cols[0].markdown(f"**Device:** {'GPU ' + env['gpu'] if env['gpu'] else 'CPU only (no CUDA GPU visible)'} · torch {env['torch']}")
+missing = [name for name, cached in env["imagenet_cached"].items() if not cached]
+if missing:
+    cols[1].warning(
+        f"ImageNet weights are not available offline for: {', '.join(missing)}. The `quick` preset then trains from "
+        f"scratch (and says so); the `paper` preset will not start until the file is in `{env['cache_dir']}` "
+        "or a local weights file is chosen.")
+
+st.subheader("Demo data")
+summary = demo_summary(DEMO_DIR)
+if summary is None:
+    st.info(f"No demo data at `{DEMO_DIR}` yet.")
+    if not DEMO and st.button("Create demo data", key="home_make_demo"):
+        with st.spinner("Drawing synthetic chest radiographs..."):
+            make_demo(DEMO_DIR)
+        st.rerun()
+else:
+    st.caption("SYNTHETIC phantom images made by cxr-transfer, not real radiographs.")
+    cols = st.columns(len(summary["per_class"]) + 1)
+    cols[0].metric("Patients", summary["patients"])
+    for col, (label, count) in zip(cols[1:], summary["per_class"].items()):
+        col.metric(label, count)
+    st.code(f"python -m core run --preset quick --data {DEMO_DIR}", language="bash")
+    if not DEMO and st.button("Start a quick demo run", key="home_quick_run", help="About 2.5 minutes on a 2-core CPU; runs in the background."):
+        st.session_state["train_job"] = start_quick_demo(RUNS_DIR, DEMO_DIR)
+        st.success(f"Started run {st.session_state['train_job']}; watch it on the Train page.")
+        st.page_link("pages/1_Train.py", label="Watch it train")
+
+st.subheader("Runs")
+runs = runs_table(RUNS_DIR)
+if runs.empty:
+    st.info("No runs yet. Start one from the command line (above); it appears here when it starts.")
+else:
+    st.dataframe(runs, hide_index=True, width="stretch")
