@@ -110,6 +110,26 @@ def with_fold_auc_ci(store: Store, run_id: str, folds: pd.DataFrame, run: dict) 
     return folds.assign(auc_ci_low=low, auc_ci_high=high)
 
 
+def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
+    """The folds as shown on the Runs page: numbered from 1 as in the plots, percentages like the run's metrics,
+    and each fold's AUC with its 95 % DeLong interval in words (a reviewer reads the table, not only the plot)."""
+    def interval(low: float, high: float) -> str:
+        return "" if pd.isna(low) else f"{low:.3f}-{high:.3f}"
+
+    return pd.DataFrame({
+        "fold": folds["fold"] + 1,
+        "train images": folds["n_train"],
+        "test images": folds["n_test"],
+        "iterations": folds["iterations"],
+        "AUC": folds["auc"].round(3),
+        "AUC 95 % CI (DeLong)": [interval(lo, hi) for lo, hi in zip(folds["auc_ci_low"], folds["auc_ci_high"])],
+        "accuracy %": (folds["accuracy"] * 100).round(1),
+        "sensitivity %": (folds["sensitivity"] * 100).round(1),
+        "specificity %": (folds["specificity"] * 100).round(1),
+        "training s": folds["train_seconds"].round(1),
+    })
+
+
 def threshold_rates(runs_dir: Path, run_id: str, threshold: float) -> dict:
     """Sensitivity, specificity, PPV and NPV with Wilson intervals at a user-chosen threshold."""
     import json

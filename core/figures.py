@@ -48,9 +48,12 @@ def forest(folds: pd.DataFrame, *, pooled: float, mean: float) -> go.Figure:
                      arrayminus=(folds["auc"] - folds["auc_ci_low"]).to_numpy(), color=OKABE_ITO[4])
     fig.add_scatter(x=folds["auc"], y=[f"fold {f + 1}" for f in folds["fold"]], mode="markers", error_x=error,
                     marker=dict(color=OKABE_ITO[4], size=10), name="fold AUC (95 % DeLong CI)" if error else "fold AUC")
-    fig.add_vline(x=pooled, line=dict(color=OKABE_ITO[0], dash="dash"), annotation_text=f"pooled {pooled:.3f}")
-    fig.add_vline(x=mean, line=dict(color=OKABE_ITO[2], dash="dot"), annotation_text=f"mean of folds {mean:.3f}",
-                  annotation_position="bottom right")
+    # Reference lines are named in the legend, not annotated on the plot: near AUC 1 an annotation ran off the
+    # right edge, and the two labels sat on top of the fold points.
+    for x, line, name in ((pooled, dict(color=OKABE_ITO[0], dash="dash"), f"pooled AUC {pooled:.3f}"),
+                          (mean, dict(color=OKABE_ITO[2], dash="dot"), f"mean of fold AUCs {mean:.3f}")):
+        fig.add_vline(x=x, line=line)
+        fig.add_scatter(x=[None], y=[None], mode="lines", line=line, name=name)
     fig.update_yaxes(autorange="reversed")
     lows = folds["auc_ci_low"] if "auc_ci_low" in folds.columns else folds["auc"]
     low = float(np.nanmin([*lows.to_numpy(dtype=float), *folds["auc"].to_numpy(dtype=float), pooled, mean])) if len(folds) else 0.5

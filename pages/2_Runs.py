@@ -10,7 +10,7 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.dashboard import delete_run, disk_used, run_detail, run_options, threshold_rates, unfinished_runs, update_run_labels
+from core.dashboard import delete_run, disk_used, fold_table, run_detail, run_options, threshold_rates, unfinished_runs, update_run_labels
 from core.jobs import start_resume
 from core.safety import demo_mode
 
@@ -102,16 +102,14 @@ st.dataframe(pd.DataFrame([
 ]), hide_index=True)
 
 st.subheader("Folds")
+st.dataframe(fold_table(d["folds"]), hide_index=True, width="stretch", column_config={"AUC": st.column_config.NumberColumn(format="%.3f")})
 left, right = st.columns(2)
-left.dataframe(d["folds"].drop(columns=["auc_ci_low", "auc_ci_high"]).assign(fold=d["folds"]["fold"] + 1), hide_index=True)  # folds numbered from 1, as in the plots
-right.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), width="stretch")
+left.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), width="stretch")
+right.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), width="stretch")
 
 st.subheader("Training curves")
 metric = st.radio("Measure", ["loss", "accuracy"], horizontal=True, key="runs_metric")
 st.plotly_chart(figures.training_curves(d["curve"], metric=metric), width="stretch")
-
-st.subheader("Calibration")
-st.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), width="stretch")
 
 with st.expander("Configuration"):
     st.json(d["config"])

@@ -40,6 +40,10 @@ def test_runs_page_shows_the_run_metrics_folds_and_threshold_rates(finished_run,
     assert rates["measure"].tolist() == ["sensitivity", "specificity", "ppv", "npv", "accuracy"]
     folds = next(t for t in tables if "fold" in t.columns)
     assert folds["fold"].tolist() == [1, 2, 3]  # numbered from 1, as in the plots
+    stored = store.folds(result.run_id)
+    assert folds["accuracy %"].tolist() == (stored["accuracy"] * 100).round(1).tolist()  # percentages, like the run's metrics
+    for ci, auc in zip(folds["AUC 95 % CI (DeLong)"], folds["AUC"]):  # "low-high" around the fold's AUC ("" for a one-class fold)
+        assert ci == "" or float(ci.split("-")[0]) <= auc <= float(ci.split("-")[1])
     # moving the threshold to 1.0 calls (almost) nothing positive: sensitivity drops to the share scored exactly 1
     at.slider(key="runs_threshold").set_value(1.0).run()
     rates_after = next(df.value for df in at.dataframe if "measure" in df.value.columns)
@@ -409,8 +413,11 @@ def test_forest_plot_shows_each_folds_auc_with_its_delong_interval(finished_run)
     y = first["label_index"].to_numpy() == 0  # 'Effusion' sorts first and is the positive class
     expected = auc_delong(y, first["prob_positive"].to_numpy(dtype=float))
     assert folds.loc[0, "auc_ci_low"] == pytest.approx(expected.low) and folds.loc[0, "auc_ci_high"] == pytest.approx(expected.high)
-    fig = forest(folds, pooled=0.9, mean=0.9)
+    fig = forest(folds, pooled=0.9, mean=0.95)
     assert fig.data[0].error_x.array is not None and fig.data[0].name == "fold AUC (95 % DeLong CI)"
+    # the reference lines are named in the legend with their values (annotations ran off the plot near AUC 1)
+    assert [t.name for t in fig.data[1:]] == ["pooled AUC 0.900", "mean of fold AUCs 0.950"]
+    assert sorted(shape.x0 for shape in fig.layout.shapes) == [0.9, 0.95] and not fig.layout.annotations
 
 
 def test_gallery_query_filters_sorts_and_limits_in_duckdb(finished_run):
