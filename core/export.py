@@ -32,6 +32,7 @@ th{background:#eef4fa} .warn{background:#fff3cd;border:1px solid #e0c36b;padding
 .muted{color:#555;font-size:.9em} .grid{display:grid;grid-template-columns:1fr 1fr;gap:1em}
 .cams{display:grid;grid-template-columns:repeat(4,1fr);gap:.6em} .cams figure{margin:0} .cams img{width:100%}
 figcaption{font-size:.8em;color:#333} .hl{background:#fff3a0;font-weight:bold}
+.wide{overflow-x:auto} @media print{.wide{overflow:visible}}
 """
 
 
@@ -188,7 +189,8 @@ def _table(header: list[str], rows: list[list], *, highlight: int = 0) -> str:
     th = "".join(f"<th{' class=hl' if 0 < k <= highlight else ''}>{_e(h)}</th>" for k, h in enumerate(header))
     trs = "".join("<tr>" + "".join(f"<td{' class=hl' if 0 < k <= highlight else ''}>{_e(c)}</td>" for k, c in enumerate(cells)) + "</tr>"
                   for cells in rows)
-    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+    # in a scrolling box: a comparison of many runs with many differing settings is wider than the page
+    return f"<div class=wide><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
 
 
 def _e(value) -> str:
