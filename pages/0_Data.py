@@ -12,11 +12,12 @@ from core import CxrError
 from core.dashboard import data_overview
 from core.figures import OKABE_ITO, TEMPLATE
 from core.safety import DEMO_NOTICE, check_data_path, demo_mode
+from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
 
-st.set_page_config(page_title="Data · cxr-transfer", layout="wide")
+page_setup("Data")
 st.title("Data")
 
 typed = not demo_mode()

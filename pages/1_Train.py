@@ -20,12 +20,13 @@ from core.jobs import cancel, start_resume, start_run, start_sweep
 from core.lifecycle import UNFINISHED
 from core.safety import DEMO_NOTICE, check_data_path, demo_mode
 from core.sweep import parse_grid
+from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
 FIELDS = {f.name: f for f in fields(RunConfig)}
 
-st.set_page_config(page_title="Train · cxr-transfer", layout="wide")
+page_setup("Train")
 st.title("Train")
 if demo_mode():
     st.info(f"{DEMO_NOTICE} Training is not available here.")

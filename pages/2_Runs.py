@@ -13,10 +13,11 @@ from core import figures
 from core.dashboard import delete_run, disk_used, fold_table, run_detail, run_options, threshold_rates, unfinished_runs, update_run_labels
 from core.jobs import start_resume
 from core.safety import demo_mode
+from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
-st.set_page_config(page_title="Runs · cxr-transfer", layout="wide")
+page_setup("Runs")
 st.title("Runs")
 DEMO = demo_mode()
 

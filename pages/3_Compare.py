@@ -10,10 +10,11 @@ import streamlit as st
 from core import CxrError
 from core import figures
 from core.dashboard import comparison, run_options, sweep_options, sweep_runs
+from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
-st.set_page_config(page_title="Compare · cxr-transfer", layout="wide")
+page_setup("Compare")
 st.title("Compare runs")
 
 runs = run_options(RUNS_DIR)

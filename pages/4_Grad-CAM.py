@@ -14,11 +14,12 @@ import streamlit as st
 from core import CxrError
 from core.dashboard import cams_for, gallery, run_detail, run_options
 from core.overlay import mask_outline, overlay
+from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 OUTCOMES = ["TP", "FP", "FN", "TN"]
 
-st.set_page_config(page_title="Grad-CAM · cxr-transfer", layout="wide")
+page_setup("Grad-CAM")
 st.title("Grad-CAM gallery")
 
 options = run_options(RUNS_DIR)

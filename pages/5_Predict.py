@@ -12,10 +12,11 @@ from core.dashboard import dataset_images, predictable_runs
 from core.overlay import overlay
 from core.predict import predict_image
 from core.store import Store
+from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
-st.set_page_config(page_title="Predict · cxr-transfer", layout="wide")
+page_setup("Predict")
 st.title("Predict")
 st.warning("Research tool, not a diagnosis. Probabilities come from models trained on the run's data set only.")
 

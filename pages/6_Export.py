@@ -10,10 +10,11 @@ import streamlit as st
 from core import CxrError
 from core.dashboard import run_options
 from core.export import comparison_report_html
+from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
-st.set_page_config(page_title="Export · cxr-transfer", layout="wide")
+page_setup("Export")
 st.title("Export a report")
 st.caption("One HTML file with the tables (intervals, DeLong p-values), the figures, the data summary, the configuration and "
            "Grad-CAM examples. It opens in any browser without this server or the internet.")

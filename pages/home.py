@@ -9,9 +9,12 @@ import streamlit as st
 
 from core.dashboard import demo_summary, environment, make_demo, runs_table, start_quick_demo
 from core.safety import DEMO_NOTICE, demo_mode
+from pages import page_setup
 
 DEMO_DIR = Path(os.environ.get("CXR_DEMO_DIR", "data/demo"))
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+
+page_setup("Home")
 
 st.title("cxr-transfer")
 st.write(
