@@ -71,9 +71,12 @@ def confusion_matlab(tp: int, fn: int, fp: int, tn: int, *, positive: str, negat
     z = [[1, 0], [0, 1]]
     fig = go.Figure(go.Heatmap(z=z, x=[negative, positive], y=[negative, positive], text=text, texttemplate="%{text}",
                                colorscale=[[0, "#3b2a1e"], [1, "#0b3d5c"]], showscale=False, hoverinfo="skip"))
-    annotations = [dict(x=c, y=1.55, text=f"{100 * v:.1f} % correct", showarrow=False) for c, v in zip([negative, positive], col_ok)]
-    annotations += [dict(x=1.55, y=r, text=f"{100 * v:.1f} %", showarrow=False, xanchor="left") for r, v in zip([negative, positive], row_ok)]
-    fig.update_layout(annotations=annotations)
+    # column summaries under the class names (as separate annotations they collided when the cells were narrow),
+    # row summaries to the right of the rows; both named as a clinician reads them
+    fig.update_xaxes(tickvals=[negative, positive], ticktext=[f"{c}<br>{100 * v:.1f} % correct<br>({name})"
+                                                              for c, v, name in zip([negative, positive], col_ok, ["specificity", "sensitivity"])])
+    fig.update_layout(annotations=[dict(x=0.86, xref="paper", y=r, text=f"{100 * v:.1f} %<br>({name})", showarrow=False, xanchor="left")
+                                   for r, v, name in zip([negative, positive], row_ok, ["NPV", "PPV"])])
     # near-invisible markers on the four cells make them clickable (a heatmap cell cannot be selected in plotly);
     # customdata carries the outcome so a page can open those images in the Grad-CAM gallery
     names = [[("TN", "true negatives"), ("FN", "false negatives")], [("FP", "false positives"), ("TP", "true positives")]]
@@ -81,9 +84,11 @@ def confusion_matlab(tp: int, fn: int, fp: int, tn: int, *, positive: str, negat
     fig.add_scatter(x=[c[0] for c in cells_xy], y=[c[1] for c in cells_xy], customdata=[c[2][0] for c in cells_xy], mode="markers",
                     marker=dict(size=90, symbol="square", color="rgba(255,255,255,0.01)"), showlegend=False, name="cells",
                     text=[c[2][1] for c in cells_xy], hovertemplate="%{text}: click to see them in the Grad-CAM gallery<extra></extra>")
-    fig.update_yaxes(autorange="reversed")
+    # fixed ranges: autorange padded the axes for the 90 px markers, which squeezed the cells into a narrow strip
+    fig.update_xaxes(range=[-0.5, 1.5])
+    fig.update_yaxes(range=[1.5, -0.5])
     _layout(fig, f"Pooled confusion matrix (accuracy {100 * (tp + tn) / total:.1f} %)", "true class", "predicted class")
-    fig.update_layout(margin=dict(l=110, r=70, t=80, b=50), xaxis=dict(domain=[0, 0.85]))
+    fig.update_layout(margin=dict(l=110, r=70, t=80, b=90), xaxis=dict(domain=[0, 0.85]))
     return fig
 
 

@@ -421,6 +421,18 @@ def test_forest_plot_shows_each_folds_auc_with_its_delong_interval(finished_run)
     assert sorted(shape.x0 for shape in fig.layout.shapes) == [0.9, 0.95] and not fig.layout.annotations
 
 
+def test_confusion_matrix_names_its_summaries_and_fills_its_axes():
+    """MATLAB's layout with the rates a clinician reads: columns give specificity and sensitivity, rows NPV and PPV."""
+    from core.figures import confusion_matlab
+
+    fig = confusion_matlab(tp=143, fn=57, fp=16, tn=184, positive="Effusion", negative="Normal")
+    assert list(fig.layout.xaxis.ticktext) == ["Normal<br>92.0 % correct<br>(specificity)", "Effusion<br>71.5 % correct<br>(sensitivity)"]
+    assert [a.text for a in fig.layout.annotations] == ["76.3 %<br>(NPV)", "89.9 %<br>(PPV)"]
+    # fixed to the four cells: autorange padded for the clickable markers and squeezed the cells into a strip
+    assert list(fig.layout.xaxis.range) == [-0.5, 1.5] and list(fig.layout.yaxis.range) == [1.5, -0.5]
+    assert sorted(fig.data[1].customdata) == ["FN", "FP", "TN", "TP"]
+
+
 def test_gallery_query_filters_sorts_and_limits_in_duckdb(finished_run):
     """The gallery asks DuckDB for just the heat maps it shows: the chosen outcomes and fold, most confident first."""
     from core.dashboard import gallery
