@@ -270,6 +270,20 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
             "gpu_holder": holder(Path(runs_dir)) if status == "queued" else ""}
 
 
+def active_runs(runs_dir: Path) -> dict[str, str]:
+    """Runs whose process is training or queued now, wherever they were started (this browser, another, the
+    command line), as {run_id: label}, newest first: the Train page lets a user watch any of them."""
+    from core.lifecycle import run_alive
+
+    store = Store(Path(runs_dir))
+    if not store.path.exists():
+        return {}
+    runs = store.query("SELECT run_id, name, status, preset, pid, host, pid_start FROM runs "
+                       "WHERE status IN ('running', 'queued') ORDER BY created_at DESC")
+    return {r["run_id"]: f"{r['name'] or r['run_id']} · {r['status']} · {r['preset'] or 'custom'}"
+            for r in runs.to_dict("records") if run_alive(r)}
+
+
 def _folds_done(store: Store, run_id: str) -> int:
     folds = store.folds(run_id)
     return int((folds["status"] == "finished").sum()) if not folds.empty else 0

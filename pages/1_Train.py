@@ -15,7 +15,7 @@ import streamlit as st
 from core import CxrError
 from core import figures
 from core.config import NAMED_WEIGHTS, PRESETS, SECTIONS, RunConfig, apply_overrides, preset
-from core.dashboard import job_progress, sweep_progress
+from core.dashboard import active_runs, job_progress, sweep_progress
 from core.jobs import cancel, start_resume, start_run, start_sweep
 from core.lifecycle import UNFINISHED
 from core.safety import DEMO_NOTICE, check_data_path, demo_mode
@@ -145,3 +145,7 @@ if "train_sweep" in st.session_state:
     live_sweep(*st.session_state["train_sweep"])
 elif "train_job" in st.session_state:
     live_run(st.session_state["train_job"])
+elif running := active_runs(RUNS_DIR):  # started from the command line, or in another browser tab
+    watched = st.selectbox("Runs in progress", list(running), format_func=running.get, key="train_watch",
+                           help="Runs training now, wherever they were started (here, another browser, python -m core run).")
+    live_run(watched)

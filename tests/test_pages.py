@@ -99,6 +99,27 @@ def test_overlay_blends_a_resized_heat_map():
     assert mask_outline(mask).sum() == 12
 
 
+def test_train_page_lets_you_watch_a_run_started_on_the_command_line(tmp_path, monkeypatch):
+    """A run whose process lives (here: this test's own process stands in for `python -m core run`) can be watched;
+    a run whose process is gone is not offered."""
+    import os
+    import socket
+
+    from core.lifecycle import start_token
+
+    store = Store(tmp_path / "runs")
+    cfg = tiny_config("d").to_json()
+    store.create_run("dead", status="running", name="killed run", folds=3, n_images=24, config=cfg, pid=2**22 + 7)
+    store.create_run("live", status="running", name="terminal run", preset="quick", folds=3, n_images=24, config=cfg,
+                     pid=os.getpid(), host=socket.gethostname(), pid_start=start_token(os.getpid()))
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
+    assert not at.exception
+    watch = at.selectbox(key="train_watch")
+    assert watch.options == ["terminal run · running · quick"] and watch.value == "live"
+    assert any(h.value == "Run live: running" for h in at.subheader)
+
+
 def test_train_page_starts_a_background_run_that_lands_in_the_store(tmp_path, monkeypatch):
     import time
 
