@@ -164,13 +164,13 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from core.config import apply_overrides, preset
-    from core.data.sources import check_data_path
+    from core.data.sources import existing_data_path
     from core.store import Store, default_runs_dir
 
     # Settings and the data path are checked before the engine (torch, torchvision: seconds) is imported,
     # so a typo is answered at once.
     cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
-    check_data_path(cfg.data)
+    existing_data_path(cfg.data)
     from core.engine import run_cross_validation
 
     store = Store(args.runs_dir or default_runs_dir())
@@ -216,7 +216,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from core.config import apply_overrides, preset
-    from core.data.sources import check_data_path
+    from core.data.sources import existing_data_path
     from core.store import Store, default_runs_dir
     from core.sweep import expand, parse_grid
 
@@ -224,7 +224,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
     expand(cfg, grid)
-    check_data_path(cfg.data)
+    existing_data_path(cfg.data)
     from core.sweep import run_sweep
 
     reporter = ProgressReporter(disable=args.no_progress)

@@ -33,7 +33,7 @@ class Manifest:
         return self.table[self.table["excluded_reason"] == ""]
 
 
-def check_data_path(data: str) -> Path:
+def existing_data_path(data: str) -> Path:
     """The data set's path, or a CxrError saying it is missing.
 
     Cheap (no image is read, torch is not loaded), so the CLI calls it before importing the
@@ -58,7 +58,7 @@ def build_manifest(
     fold_column: str = "",
 ) -> Manifest:
     """Read any supported source into a Manifest; `source='auto'` decides from what `data` is."""
-    root = check_data_path(data)
+    root = existing_data_path(data)
     kind = detect_source(root) if source == "auto" else source
     if kind == "demo":
         manifest = from_demo(root)
