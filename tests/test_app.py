@@ -69,7 +69,7 @@ def test_the_navigation_lists_every_page_file_once():
     assert len(declared) == len(set(declared))
 
 
-def test_the_sidebar_says_home_and_links_open_their_pages(dirs):
+def test_the_home_page_is_the_default_and_pages_open_by_their_files(dirs):
     at = AppTest.from_file(APP, default_timeout=60).run()
     assert not at.exception and at.title[0].value == "cxr-transfer"  # the home page is the default
     at.switch_page("pages/2_Runs.py").run()
