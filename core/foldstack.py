@@ -1,9 +1,14 @@
-"""Several folds' models trained as one: their parameters stacked along a new first dimension and run under `torch.func.vmap`.
+"""Several folds' models trained as one: on a GPU as plain modules on a stream each (`FoldModules`), on a CPU with
+their parameters stacked along a new first dimension and run under `torch.func.vmap` (`StackedModels`).
 
 Why: at the study's batch of 25, one ResNet-50 training step leaves a large GPU mostly idle,
 waiting for the host to launch a thousand small kernels. Folds of a run are independent and
-take the same number of steps, so K of them can share every launch: each convolution becomes
-one grouped convolution over K weight sets, each BatchNorm one call over K sets of statistics.
+take the same number of steps, so K of them can share every launch. vmap was written for that
+(each convolution becomes one grouped convolution over K weight sets, each BatchNorm one call
+over K sets of statistics), but on the H200 (2026-12-04) ten stacked folds ran no faster than one
+and two of its gaps failed on CUDA; there the launches are now saved by capturing the whole step
+as a CUDA graph (core/cudagraph.py), with the folds as `FoldModules` branches of one graph. vmap
+remains for a CPU asked for `parallel_folds` > 1.
 
 What stays exactly as if each fold trained alone:
 - every fold sees only its own images, batch statistics and random streams (the caller draws
@@ -20,16 +25,15 @@ sequential folds to rounding, which training can amplify over many steps (tests/
 slower than the folds one after another (2 folds: 0.61-0.99x the images/s in bf16; 0.52-0.71x before
 the first fix below), so the CPU path keeps plain modules unless `parallel_folds` asks otherwise.
 
-Gaps of vmap that the stacked path works around, all found on the CPU (no GPU has run it yet):
+Gaps of vmap that the stacked path works around, all found on the CPU:
 - torch's CPU autocast casts `conv2d` and `linear`, which vmap decomposes before autocast sees them,
-  so stacked folds of a "bf16" run computed in fp32 (CUDA autocast also casts the `convolution` that
-  vmap hands on). `VmapGapsMode` applies autocast's rule above vmap.
+  so stacked folds of a "bf16" run computed in fp32. `VmapGapsMode` applies autocast's rule above vmap.
+  (CUDA autocast was expected to cast the `convolution` vmap hands on; on the H200 it did not, one
+  reason the GPU no longer uses vmap.)
 - vmap's BatchNorm rule calls the kernel with a weight in the input's dtype (bf16) beside the fp32
   running statistics, which the CPU kernel refuses ("expected scalar type BFloat16 but found
   Float"). On a CPU, stacked BatchNorm therefore gets its input in the statistics' dtype (fp32);
-  the next convolution casts back to bf16. CUDA's kernel takes mixed dtypes and accumulates in
-  fp32 itself (torch's aten/src/ATen/native/cuda/Normalization.cu), so a GPU keeps BatchNorm in
-  bf16 and saves the memory traffic of the casts.
+  the next convolution casts back to bf16.
 - vmap refuses random operations unless told how to draw them: each fold draws its own dropout and
   stochastic-depth masks (`randomness="different"`), and torchvision's StochasticDepth, which draws
   in place into an unbatched tensor, is swapped for `StochasticDepthPerFold` in the stacked structure.
@@ -188,12 +192,67 @@ class StackedModels:
         return self.models
 
 
-def stack(models: list[nn.Module], backbone: str) -> SingleModel | StackedModels:
-    """One fold: the module itself; several: their stacked tensors under vmap."""
-    return SingleModel(models[0], backbone) if len(models) == 1 else StackedModels(models, backbone)
+class FoldModules:
+    """K folds' models kept as K plain modules behind the stacked interface: inputs (K, B, 3, H, W) -> logits (K, B, C).
+
+    The GPU's way of training folds together. vmap turned out no faster there than one fold (the H200,
+    2026-12-04: 931 images/s for ten ResNet-50 folds stacked against 943 for one, eager bf16), and two of
+    its gaps failed on CUDA only (a BatchNorm rule that cannot query NHWC strides, and convolutions left
+    in fp32 under autocast). Here every fold runs its own ordinary kernels; with `streams`, each fold's
+    forward (and so, by autograd's stream rule, its backward) runs on a CUDA stream of its own, so the
+    folds' small kernels overlap on the GPU, and a captured step (core/cudagraph.py) becomes one graph
+    with a branch per fold.
+    """
+
+    def __init__(self, models: list[nn.Module], backbone: str, *, streams: bool = False) -> None:
+        self.models, self.backbone = models, backbone
+        self.streams = [torch.cuda.Stream(next(models[0].parameters()).device) for _ in models] if streams else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.streams is None:
+            return torch.stack([model(x[k]) for k, model in enumerate(self.models)])
+        current = torch.cuda.current_stream()
+        outs = []
+        for k, (model, stream) in enumerate(zip(self.models, self.streams)):
+            stream.wait_stream(current)
+            with torch.cuda.stream(stream):
+                outs.append(model(x[k]))
+        for stream in self.streams:
+            current.wait_stream(stream)
+        return torch.stack(outs)
+
+    def param_groups(self, *, lr: float, head_lr_factor: float, freeze_backbone: bool) -> list[dict]:
+        """The groups of one model (backbone, head), each holding every fold's tensors of that group."""
+        merged: dict[str, dict] = {}
+        for model in self.models:
+            for group in named_param_groups(dict(model.named_parameters()), self.backbone, lr=lr, head_lr_factor=head_lr_factor,
+                                            freeze_backbone=freeze_backbone):
+                merged.setdefault(group["name"], {**group, "params": []})["params"].extend(group["params"])
+        return list(merged.values())
+
+    def train_mode(self, freeze_backbone: bool) -> None:
+        for model in self.models:
+            set_train_mode(model, self.backbone, freeze_backbone)
+
+    def export(self) -> list[nn.Module]:
+        return self.models
 
 
-def stacked_param_groups(stacked: SingleModel | StackedModels, *, lr: float, head_lr_factor: float,
+def stack(models: list[nn.Module], backbone: str, *, streams: bool | None = None) -> SingleModel | StackedModels | FoldModules:
+    """One fold: the module itself; several on a GPU: plain modules, each on its own stream; several on a CPU: vmap.
+
+    `streams` (FoldModules only) defaults to True on CUDA.
+    """
+    if len(models) == 1:
+        return SingleModel(models[0], backbone)
+    if next(models[0].parameters()).device.type == "cuda":
+        return FoldModules(models, backbone, streams=True if streams is None else streams)
+    return StackedModels(models, backbone)
+
+
+def stacked_param_groups(stacked: SingleModel | StackedModels | FoldModules, *, lr: float, head_lr_factor: float,
                          freeze_backbone: bool) -> list[dict]:
+    if isinstance(stacked, FoldModules):
+        return stacked.param_groups(lr=lr, head_lr_factor=head_lr_factor, freeze_backbone=freeze_backbone)
     return named_param_groups(stacked.named_parameters(), stacked.backbone, lr=lr, head_lr_factor=head_lr_factor,
                               freeze_backbone=freeze_backbone)
