@@ -92,6 +92,8 @@ class RunConfig:
                                     "to 1.6x faster; off on a CPU in fp32, where it gave no consistent gain).",
                             choices=MEMORY_FORMATS)
     torch_compile: bool = _f(False, "Compile the model with torch.compile (slower first iterations; falls back to eager if compiling fails).")
+    cuda_graphs: bool = _f(True, "On a CUDA GPU, capture each training step once as a CUDA graph and replay it (the whole step in one "
+                                 "launch; ignored on a CPU and with torch_compile). Falls back to eager if capture fails.")
     parallel_folds: int = _f(0, "Folds trained at once on one device, their models stacked (same results as one after "
                                 "another, to rounding); 0 = auto: on a CUDA GPU as many as fill it at this batch and image size, "
                                 "on the CPU 1 (stacked folds measured slower there).", min=0, max=50)
@@ -166,7 +168,7 @@ SECTIONS: dict[str, list[str]] = {
     "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],
     "Cross-validation": ["folds", "group_by_patient", "seed", "positive_class"],
     "Grad-CAM": ["gradcam", "gradcam_max", "gradcam_size"],
-    "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "parallel_folds", "save_models", "eval_batch_size"],
+    "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "cuda_graphs", "parallel_folds", "save_models", "eval_batch_size"],
 }
 
 

@@ -31,7 +31,7 @@ from core.gpuqueue import gpu_slot
 from core.lifecycle import check_resumable, current_process
 from core.metrics import summarize
 from core.models import build_model
-from core.runtime import pack_size, plan_packs, resident_pixels, resolve, setup_device
+from core.runtime import execution_for, pack_size, plan_packs, resident_pixels, setup_device
 from core.store import DiskFullError, IterationBuffer, Store, is_disk_full, now
 from core.train import DivergedError, FoldData, FoldOutcome, step_shape, train_folds
 
@@ -426,7 +426,7 @@ def _device_name(device: torch.device, cfg: RunConfig) -> str:
     >>> _device_name(torch.device("cpu"), RunConfig(precision="fp32"))  # doctest: +SKIP
     'cpu (2 threads; fp32, 1 fold at a time)'
     """
-    ex = resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
+    ex = execution_for(cfg, device)
     k = pack_size(cfg.parallel_folds, device=device, batch_size=cfg.batch_size, image_size=cfg.image_size, folds=cfg.folds)
     how = f"{ex.describe()}, {'1 fold at a time' if k == 1 else f'{k} folds at once'}"
     if device.type == "cuda":

@@ -207,10 +207,11 @@ def named_param_groups(named: dict[str, torch.Tensor], backbone: str, *, lr: flo
     return groups
 
 
-def make_optimizer(kind: str, groups: list[dict], *, momentum: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(kind: str, groups: list[dict], *, momentum: float, weight_decay: float, capturable: bool = False) -> torch.optim.Optimizer:
+    """`capturable`: the step will be captured in a CUDA graph, so Adam keeps its step count on the GPU (SGD needs nothing)."""
     factories: dict[str, Callable[[], torch.optim.Optimizer]] = {
         "sgdm": lambda: torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=momentum, weight_decay=weight_decay),
-        "adam": lambda: torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=weight_decay),
+        "adam": lambda: torch.optim.Adam(groups, lr=groups[0]["lr"], weight_decay=weight_decay, capturable=capturable),
     }
     if kind not in factories:
         raise CxrError(f"unknown optimizer {kind!r}; choose one of: {', '.join(factories)}")

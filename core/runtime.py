@@ -10,7 +10,8 @@ run on a GPU execute the same training code and differ only in the settings reso
 | threads (`num_threads=0`) | the physical cores, one inter-op thread | the same, for the host side |
 | `cudnn.benchmark` | - | on (fixed input sizes: the fastest kernels are picked once) |
 | TF32 convolutions | - | off (torch's default is on): fp32 is fp32 |
-| `torch_compile` | off unless asked; falls back to eager when compilation fails | same, in `reduce-overhead` mode (CUDA graphs: one launch per captured graph instead of one per kernel); not measured on a GPU yet |
+| `torch_compile` | off unless asked; falls back to eager when compilation fails | same, in `reduce-overhead` mode (CUDA graphs: one launch per captured graph instead of one per kernel) |
+| `cuda_graphs` | - (CUDA only) | on unless torch_compile is: each training step is captured once and replayed (core/cudagraph.py) |
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Execution:
     amp_dtype: torch.dtype | None  # None = plain fp32
     channels_last: bool
     compile: bool = False
+    graphs: bool = False  # the training step is captured as a CUDA graph (core/cudagraph.py)
 
     @property
     def compile_mode(self) -> str:
@@ -52,14 +54,18 @@ class Execution:
         return "bf16" if self.amp_dtype == torch.bfloat16 else "fp32"
 
     def describe(self) -> str:
-        parts = [self.precision] + (["channels_last"] if self.channels_last else []) + (["compiled"] if self.compile else [])
+        parts = ([self.precision] + (["channels_last"] if self.channels_last else []) + (["compiled"] if self.compile else [])
+                 + (["CUDA graphs"] if self.graphs else []))
         return ", ".join(parts)
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Mixed precision for the forward pass (and the loss); a no-op for fp32."""
+        """Mixed precision for the forward pass (and the loss); a no-op for fp32.
+
+        A captured CUDA graph must not use autocast's cache of cast weights (it would replay stale casts).
+        """
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, cache_enabled=not self.graphs)
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -72,8 +78,12 @@ class Execution:
         return model
 
 
-def resolve(device: torch.device, precision: str = "auto", channels_last: str = "auto", torch_compile: bool = False) -> Execution:
-    """Turn the config's names into concrete settings for `device`; bf16 on a GPU without it is refused."""
+def resolve(device: torch.device, precision: str = "auto", channels_last: str = "auto", torch_compile: bool = False,
+            cuda_graphs: bool = True) -> Execution:
+    """Turn the config's names into concrete settings for `device`; bf16 on a GPU without it is refused.
+
+    CUDA graphs apply on CUDA only, and not with torch_compile, whose `reduce-overhead` mode makes its own.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if channels_last not in MEMORY_FORMATS:
@@ -90,7 +100,13 @@ def resolve(device: torch.device, precision: str = "auto", channels_last: str = 
         raise CxrError("precision=bf16 needs a GPU with bfloat16 support (Ampere or newer); use --set precision=fp32")
     # auto: NHWC on a GPU, and on a CPU when it computes in bf16 (see the table above; docs/benchmarks.md has the figures)
     nhwc = (cuda or amp is not None) if channels_last == "auto" else channels_last == "on"
-    return Execution(device=device, amp_dtype=amp, channels_last=nhwc, compile=torch_compile)
+    return Execution(device=device, amp_dtype=amp, channels_last=nhwc, compile=torch_compile,
+                     graphs=cuda and cuda_graphs and not torch_compile)
+
+
+def execution_for(cfg, device: torch.device) -> Execution:
+    """`resolve` with a RunConfig's settings (the engine, the training loop and the benchmark all start here)."""
+    return resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile, cfg.cuda_graphs)
 
 
 @functools.cache

@@ -7,6 +7,7 @@ selects a model, stops training or touches a random generator the training uses.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,10 +20,13 @@ from torch import nn
 
 from core import CxrError
 from core.augment import AugmentSpec, affine_matrices, sample_params, warp
+from core.cudagraph import GraphedStep, capture_cuda_graph
 from core.config import RunConfig, budget
 from core.foldstack import stack, stacked_param_groups
 from core.models import make_optimizer
-from core.runtime import Execution, maybe_compile, resolve
+from core.runtime import Execution, execution_for, maybe_compile
+
+log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,6 +50,8 @@ class FoldOutcome:
     epochs: float = 0.0
     train_seconds: float = 0.0
     eval_seconds: float = 0.0
+    # with CUDA graphs: {"captured", "replays", "failed" (why capture failed, or None), "streams"}; None when not asked for
+    graph: dict | None = None
 
 
 def to_input(gray_u8: torch.Tensor) -> torch.Tensor:
@@ -128,7 +134,9 @@ def train_folds(
     Returns:
         One FoldOutcome per job, in order, each holding its own trained module.
 
-    K = 1 trains the module itself; K > 1 trains the models stacked under vmap (core/foldstack.py).
+    K = 1 trains the module itself; K > 1 trains the models together (core/foldstack.py): stacked under vmap
+    on a CPU, as plain modules on a CUDA stream each on a GPU. On a GPU the whole step (forward, backward,
+    optimiser) is captured once as a CUDA graph and replayed (core/cudagraph.py, `cuda_graphs`).
     Each fold draws its batches and augmentation from its own generators, seeded by `cfg.seed`
     and its fold index, so a fold sees the same images in the same order whether it trains alone
     or with others. Batches are gathered by index where the images are (on the GPU when the engine
@@ -140,7 +148,7 @@ def train_folds(
         DivergedError: for the first fold (in `jobs` order) whose training loss is not finite.
         ValueError: folds whose budgets or batch sizes differ.
     """
-    ex = execution or resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
+    ex = execution or execution_for(cfg, device)
     k_folds = len(jobs)
     if len({step_shape(cfg, len(job.x_train)) for job in jobs}) > 1:
         raise ValueError("folds trained together need the same iteration budget and batch size; train them apart")
@@ -153,7 +161,21 @@ def train_folds(
     x_train = [job.x_train.to(device) for job in jobs]
     y_train = [job.y_train.to(device) for job in jobs]
     groups = stacked_param_groups(models, lr=cfg.learning_rate, head_lr_factor=cfg.head_lr_factor, freeze_backbone=cfg.freeze_backbone)
-    optimizer = make_optimizer(cfg.optimizer, groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, groups, momentum=cfg.momentum, weight_decay=cfg.weight_decay, capturable=ex.graphs)
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward, per-fold losses, backward and the optimiser step; returns (2, K): each fold's loss and batch accuracy."""
+        with ex.autocast():
+            logits = forward(x)  # (K, B, C)
+            losses = torch.stack([F.cross_entropy(logits[k], y[k]) for k in range(k_folds)])
+        losses.sum().backward()  # fold k's parameters get exactly the gradient of fold k's loss
+        optimizer.step()
+        return torch.stack([losses.detach().float(), (logits.argmax(-1) == y).float().mean(1)])
+
+    def zero_grad() -> None:
+        optimizer.zero_grad(set_to_none=True)
+
+    run_step = graphed_step(step, zero_grad, models) if ex.graphs else None
     spec = AugmentSpec(prob=cfg.aug_prob, scale=cfg.aug_scale, crop=cfg.aug_crop, translate=cfg.aug_translate)
     shuffle_gens = [_generator(cfg.seed, job.fold, 1) for job in jobs]
     aug_gens = [_generator(cfg.seed, job.fold, 2) for job in jobs]
@@ -177,14 +199,14 @@ def train_folds(
         if cfg.augment:  # each fold's draws from its own generator, all images warped in one call
             x = warp(x, torch.cat([affine_matrices(sample_params(batch, spec, g)) for g in aug_gens]))
         y = torch.stack(ys)  # (K, B)
-        with ex.autocast():
-            logits = forward(ex.prepare_input(normalize(x)).unflatten(0, (k_folds, batch)))  # (K, B, C)
-            losses = torch.stack([F.cross_entropy(logits[k], y[k]) for k in range(k_folds)])
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()  # fold k's parameters get exactly the gradient of fold k's loss
-        optimizer.step()
+        x = ex.prepare_input(normalize(x)).unflatten(0, (k_folds, batch))
+        if run_step is not None:
+            stats = run_step(x, y)
+        else:
+            zero_grad()
+            stats = step(x, y)
         # one device-to-host copy per iteration for all numbers (each float() would wait for the GPU)
-        loss_values, accuracies = torch.stack([losses.detach().float(), (logits.argmax(-1) == y).float().mean(1)]).tolist()
+        loss_values, accuracies = stats.tolist()
         elapsed = (time.perf_counter() - start - eval_time) / k_folds
         for k, job in enumerate(jobs):
             row = {
@@ -213,6 +235,12 @@ def train_folds(
             eval_time += time.perf_counter() - t0
             models.train_mode(cfg.freeze_backbone)
     train_seconds = (time.perf_counter() - start - eval_time) / k_folds
+    if run_step is not None:
+        graph = {"captured": run_step.replays > 0, "replays": run_step.replays, "failed": run_step.failed,
+                 "streams": getattr(models, "streams", None) is not None}
+        run_step.close()  # frees the graph's memory (and the gradients in it) before evaluation and Grad-CAM
+        for out in outcomes:
+            out.graph = dict(graph)
 
     trained = models.export()
     for k, job in enumerate(jobs):
@@ -227,6 +255,26 @@ def train_folds(
         emit(job.fold, final)
         out.eval_seconds = eval_seconds[k] + time.perf_counter() - t0
     return outcomes
+
+
+def graphed_step(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], zero_grad: Callable[[], None], models) -> GraphedStep:
+    """The training step as a CUDA graph (core/cudagraph.py). Folds trained together on their own streams are
+    captured as one graph with a branch per fold; if that capture fails, it is tried once more with the folds
+    on one stream, and then the step stays eager."""
+
+    def capture(fn):
+        try:
+            return capture_cuda_graph(fn)
+        except Exception as exc:  # noqa: BLE001
+            if getattr(models, "streams", None) is None:
+                raise
+            log.warning("capturing %d folds on their own streams failed (%s: %s); capturing them on one stream",
+                        len(models.models), type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            models.streams = None
+            zero_grad()
+            return capture_cuda_graph(fn)
+
+    return GraphedStep(step, zero_grad, capture=capture)
 
 
 @torch.no_grad()
