@@ -26,6 +26,29 @@ def protocol_config(size: BenchSize, data: Path, device: torch.device) -> RunCon
     )
 
 
+class StageClock:
+    """A progress callback that notes when the run's events happen, to split its wall time into stages."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.events: list[tuple[float, str, str]] = []  # (time, event, phase)
+
+    def __call__(self, event: dict) -> None:
+        self.events.append((time.perf_counter(), event.get("event", ""), event.get("phase", "")))
+
+    def stages(self, total: float) -> dict[str, float]:
+        """Seconds: until the first training iteration ended (decoding, building models, warm-up and capture of the
+        first step), training (then to the last training iteration, held-out checks included), the folds' ends
+        (held-out predictions, Grad-CAM, writing each fold), and the rest (pooled metrics, closing the run)."""
+        train = [t for t, name, phase in self.events if name == "iteration" and phase == "train"]
+        ends = [t for t, name, _ in self.events if name == "fold_end"]
+        if not train or not ends:
+            return {}
+        first, last, end = train[0] - self.start, train[-1] - self.start, max(ends) - self.start
+        return {"to first iteration": first, "training": last - first, "evaluation, Grad-CAM, storing": end - last,
+                "pooled metrics, closing": total - end}
+
+
 def run(size: BenchSize, device: torch.device, workdir: Path, *, log=print) -> dict:
     from core.data.phantom import make_demo_dataset
     from core.engine import run_cross_validation
@@ -39,9 +62,10 @@ def run(size: BenchSize, device: torch.device, workdir: Path, *, log=print) -> d
     log(f"(c) protocol: {size.protocol_note()}")
     saved = os.environ.get("CXR_CACHE_DIR")
     os.environ["CXR_CACHE_DIR"] = str(workdir / "protocol_cache")  # a cold cache of its own, never the user's
+    marks = StageClock()
     try:
-        t0 = time.perf_counter()
-        result = run_cross_validation(cfg, store=Store(workdir / "runs"), preset="bench", name="bench protocol")
+        t0 = marks.start = time.perf_counter()
+        result = run_cross_validation(cfg, store=Store(workdir / "runs"), preset="bench", name="bench protocol", progress=marks)
         seconds = time.perf_counter() - t0
     finally:
         if saved is None:
@@ -51,7 +75,9 @@ def run(size: BenchSize, device: torch.device, workdir: Path, *, log=print) -> d
     runs = Store(workdir / "runs").list_runs()
     train_seconds = float(runs.loc[runs["run_id"] == result.run_id, "train_seconds"].iloc[0])
     trained = size.protocol_folds * size.protocol_iterations * size.batch_size
+    stages = marks.stages(seconds)
     log(f"    {seconds:.1f} s end to end ({train_seconds:.1f} s of it training), pooled AUC {result.metrics['auc']:.3f} (synthetic data)")
+    log("    where the time went: " + ", ".join(f"{name} {value:.1f} s" for name, value in stages.items()))
     return {
         "scaled_down": size.scaled_down, "note": size.protocol_note(), "backbone": size.protocol_backbone,
         "image_size": size.protocol_size, "folds": size.protocol_folds, "iterations_per_fold": size.protocol_iterations,
@@ -59,6 +85,6 @@ def run(size: BenchSize, device: torch.device, workdir: Path, *, log=print) -> d
         "gradcam": "every held-out image (gradcam_max=0), both targets", "data": "synthetic demo phantom",
         "seconds": seconds, "train_seconds": train_seconds, "images_trained": trained,
         "train_img_per_s": trained / train_seconds if train_seconds > 0 else None,
-        "auc": result.metrics["auc"], "data_generation_s": generate_s,
+        "auc": result.metrics["auc"], "data_generation_s": generate_s, "stages_s": stages,
         "folds_at_once": pack_size(cfg.parallel_folds, device=device, batch_size=cfg.batch_size, image_size=cfg.image_size, folds=cfg.folds),
     }

@@ -14,7 +14,9 @@ resized to the training size (the best case for the baseline, as if someone had 
 data set beforehand). Both share this process's thread settings with ours.
 
 Where `precision=auto` chose bf16 (a GPU, or a CPU with bf16 instructions), ours runs once more in
-fp32, so the table separates what bf16 gives from what the loop gives (the baseline is fp32).
+fp32, so the table separates what bf16 gives from what the loop gives (the baseline is fp32). On a GPU
+ours also runs without CUDA graphs (`cuda_graphs=false`), to show what capturing the step gives;
+each of our rows records whether its step was really captured (`cuda_graph`).
 Ours also runs with several folds at once (core/foldstack.py): as many as `parallel_folds=auto` packs on
 a GPU (10 at the study's batch of 25 and 224 px), and 2 on a CPU (where auto trains one at a time,
 because stacking measured slower there), to show the trade-off on the machine at hand.
@@ -36,38 +38,39 @@ from bench.sizes import BenchSize
 from core.config import RunConfig
 from core.data.cache import ImageCache, usable_cpus
 from core.models import build_model, make_optimizer, param_groups
-from core.runtime import resolve
+from core.runtime import execution_for
 from core.runtime import pack_size
 from core.train import IMAGENET_MEAN, IMAGENET_STD, FoldData, train_folds
 
 
-def _config(size: BenchSize, device: torch.device, iterations: int, precision: str = "auto") -> RunConfig:
+def _config(size: BenchSize, device: torch.device, iterations: int, precision: str = "auto", cuda_graphs: bool = True) -> RunConfig:
     """The study's optimisation (SGDM, lr 1e-4, head x10, L2 1e-4) and augmentation at this mode's model size."""
     return RunConfig(backbone=size.backbone, weights="none", image_size=size.image_size, batch_size=size.batch_size,
-                     max_iterations=iterations, eval_every=10**6, augment=True, device=device.type, precision=precision)
+                     max_iterations=iterations, eval_every=10**6, augment=True, device=device.type, precision=precision,
+                     cuda_graphs=cuda_graphs)
 
 
 def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.device, cache_dir: Path, *, folds: int = 1,
-         precision: str = "auto") -> dict:
+         precision: str = "auto", cuda_graphs: bool = True) -> dict:
     """Our loop; with `folds` > 1, that many folds trained at once (core/foldstack.py), each with its own model,
     shuffling and augmentation over the same images. Images/s counts every fold's images."""
     loaded = ImageCache(cache_dir).load_many(files, size.image_size)
     pixels = torch.from_numpy(np.stack([item.pixels for item in loaded])).to(device)  # one transfer, as the engine
     y = torch.from_numpy(labels).to(device)
     total = size.warmup + size.iterations
-    cfg = _config(size, device, total, precision)
+    cfg = _config(size, device, total, precision, cuda_graphs)
     jobs = []
     for k in range(folds):
         torch.manual_seed(k)
         model, _ = build_model(size.backbone, 2, "none")
         jobs.append(FoldData(k, model, pixels, y, pixels[: size.batch_size], y[: size.batch_size]))
-    ex = resolve(device, cfg.precision, cfg.channels_last, cfg.torch_compile)
+    ex = execution_for(cfg, device)
     out = train_folds(cfg, jobs, device=device, execution=ex)[0]
     # a pack's elapsed_s is each fold's share (wall / folds), so this is the pack's images per second of wall time
     elapsed = [row["elapsed_s"] for row in out.curve if row["phase"] == "train"]
     timed = elapsed[-1] - elapsed[size.warmup - 1]
     return {"img_per_s": size.iterations * size.batch_size / timed, "seconds": timed * folds, "iterations": size.iterations,
-            "folds_at_once": folds, "precision": ex.precision, "channels_last": ex.channels_last}
+            "folds_at_once": folds, "precision": ex.precision, "channels_last": ex.channels_last, "cuda_graph": out.graph}
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -160,14 +163,18 @@ def run(size: BenchSize, files: list[str], device: torch.device, workdir: Path, 
     small = resized_copies(files, workdir / "resized", size.image_size)
     result = {"backbone": size.backbone, "image_size": size.image_size, "batch_size": size.batch_size, "warmup": size.warmup}
     result["ours"] = ours(size, files, labels, device, workdir / "cache_train")
-    log(f"    ours: {result['ours']['img_per_s']:.1f} images/s ({result['ours']['precision']})")
+    log(f"    ours: {result['ours']['img_per_s']:.1f} images/s ({result['ours']['precision']}; CUDA graph: {result['ours']['cuda_graph']})")
+    if result["ours"]["cuda_graph"] is not None:  # how much of the gain is the CUDA graph
+        result["ours_eager"] = ours(size, files, labels, device, workdir / "cache_train", cuda_graphs=False)
+        log(f"    ours without CUDA graphs: {result['ours_eager']['img_per_s']:.1f} images/s")
     if result["ours"]["precision"] != "fp32":  # how much of the gain is bf16, and how much the loop
         result["ours_fp32"] = ours(size, files, labels, device, workdir / "cache_train", precision="fp32")
         log(f"    ours in fp32: {result['ours_fp32']['img_per_s']:.1f} images/s")
     # Folds at once: what `parallel_folds=auto` picks on a GPU; on a CPU (where auto is 1) two, to show the trade-off.
     together = pack_size(0, device=device, batch_size=size.batch_size, image_size=size.image_size, folds=10)
     result["ours_folds_together"] = ours(size, files, labels, device, workdir / "cache_train", folds=together if together > 1 else 2)
-    log(f"    ours, {result['ours_folds_together']['folds_at_once']} folds at once: {result['ours_folds_together']['img_per_s']:.1f} images/s")
+    log(f"    ours, {result['ours_folds_together']['folds_at_once']} folds at once: {result['ours_folds_together']['img_per_s']:.1f} images/s"
+        f" (CUDA graph: {result['ours_folds_together']['cuda_graph']})")
     result["baseline_files"] = baseline(size, files, labels, device)
     log(f"    baseline, decoding the original files: {result['baseline_files']['img_per_s']:.1f} images/s")
     result["baseline_resized"] = baseline(size, small, labels, device)
