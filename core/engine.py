@@ -9,7 +9,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import secrets
 import subprocess
 import time
 from contextlib import contextmanager
@@ -28,6 +27,7 @@ from core.data.prepare import PreparedData, cache_dir_for, prepare_data
 from core.data.splits import assign_folds, audit_leakage
 from core.explain import explain_fold, summarize_localisation
 from core.gpuqueue import gpu_slot
+from core.ids import new_run_id
 from core.lifecycle import check_resumable, current_process
 from core.metrics import summarize
 from core.models import build_model
@@ -46,10 +46,6 @@ class RunResult:
     metrics: dict  # pooled out-of-fold metrics (the study's numbers are pooled)
     auc_mean_folds: float
     weights_used: str
-
-
-def new_run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from core.config import RunConfig
-from core.engine import new_run_id
+from core.ids import new_run_id
 from core.lifecycle import ACTIVE, check_resumable, identify, is_alive, run_alive
 from core.safety import refuse_in_demo_mode
 from core.store import Store
@@ -36,7 +36,8 @@ def start_run(cfg: RunConfig, *, runs_dir: Path, preset: str = "custom", name: s
 
 def start_sweep(cfg: RunConfig, grid: dict[str, list[str]], *, runs_dir: Path, preset: str = "custom") -> tuple[str, int]:
     """Start a sweep (the product of `grid` over `cfg`) in the background; returns (sweep_id, pid). Log: runs/jobs/<sweep_id>.log."""
-    from core.sweep import expand, new_sweep_id
+    from core.ids import new_sweep_id
+    from core.sweep import expand
 
     refuse_in_demo_mode("training")
     expand(cfg, grid)  # every combination is validated here, so a bad value is refused before anything starts

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import itertools
-import secrets
-import time
 from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from core import CxrError
+from core.ids import new_sweep_id
 from core.config import RunConfig, apply_overrides
 
 if TYPE_CHECKING:  # the engine (torch) is imported only to run: parsing and checking a grid stays instant
@@ -47,10 +46,6 @@ def expand(base: RunConfig, grid: dict[str, list[str]]) -> list[tuple[dict[str, 
         varying = dict(zip(names, values))
         combos.append((varying, apply_overrides(base, [f"{k}={v}" for k, v in varying.items()])))
     return combos
-
-
-def new_sweep_id() -> str:
-    return "sweep-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
 def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, preset: str = "", progress: Progress | None = None,
