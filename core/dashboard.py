@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
 
 from core.data.sources import DEMO_MARKER
+from core.records import RunRecord
 from core.store import Store
 
 
@@ -28,76 +30,75 @@ def make_demo(folder: Path, *, n_per_class: int = 200, size: int = 256, seed: in
 
 
 def runs_table(runs_dir: Path) -> pd.DataFrame:
-    """The runs list as shown on the home page: readable column names, percentages for the metrics."""
+    """The runs list as shown on the home page: readable column names, percentages for the metrics (one query)."""
     from core.lifecycle import effective_status
 
-    store = Store(Path(runs_dir))
-    runs = store.list_runs()
-    if runs.empty:
-        return runs
-    owners = store.query("SELECT run_id, status, pid, host, pid_start FROM runs").set_index("run_id")
-    table = pd.DataFrame({
-        "run": runs["run_id"],
-        "name": runs["name"].fillna("").where(runs["name"].fillna("") != runs["run_id"], ""),
-        "status": [effective_status({**owners.loc[r].to_dict(), "status": s}) for r, s in zip(runs["run_id"], runs["status"])],
-        "preset": runs["preset"],
-        "data": runs["synthetic"].map({True: "synthetic demo", False: "user data"}),
-        "images": runs["n_images"],
-        "folds": runs["folds"],
-        "AUC % (pooled)": (runs["auc"] * 100).round(2),
-        "accuracy %": (runs["accuracy"] * 100).round(1),
-        "sensitivity %": (runs["sensitivity"] * 100).round(1),
-        "specificity %": (runs["specificity"] * 100).round(1),
-        "training s": runs["train_seconds"].round(1),
-        "weights": runs["weights_used"],
-        "device": runs["device"],
-        "started": runs["created_at"],
+    records = Store(Path(runs_dir)).run_records()
+    if not records:
+        return pd.DataFrame()
+
+    def percent(values: list[float | None], digits: int) -> pd.Series:
+        return (pd.Series(values, dtype="float64") * 100).round(digits)
+
+    return pd.DataFrame({
+        "run": [r.run_id for r in records],
+        "name": [r.name if r.name != r.run_id else "" for r in records],
+        "status": [effective_status(r.owner) for r in records],
+        "preset": [r.preset for r in records],
+        "data": ["synthetic demo" if r.synthetic else "user data" for r in records],
+        "images": [r.n_images for r in records],
+        "folds": [r.folds for r in records],
+        "AUC % (pooled)": percent([r.auc for r in records], 2),
+        "accuracy %": percent([r.accuracy for r in records], 1),
+        "sensitivity %": percent([r.sensitivity for r in records], 1),
+        "specificity %": percent([r.specificity for r in records], 1),
+        "training s": pd.Series([r.train_seconds for r in records], dtype="float64").round(1),
+        "weights": [r.weights_used for r in records],
+        "device": [r.device for r in records],
+        "started": [r.created_at for r in records],
     })
-    return table
 
 
 def run_options(runs_dir: Path) -> dict[str, str]:
-    """Finished runs as {run_id: label} for a select box, newest first."""
-    runs = Store(Path(runs_dir)).list_runs()
-    runs = runs[runs["status"] == "finished"] if not runs.empty else runs
-    return {r.run_id: f"{r.name or r.run_id} · AUC {r.auc:.3f} · {r.preset}" for r in runs.itertuples()}
+    """Finished runs as {run_id: label} for a select box, newest first (one query)."""
+    return {r.run_id: r.label for r in Store(Path(runs_dir)).run_records(status="finished")}
+
+
+def run_record(runs_dir: Path, run_id: str) -> RunRecord:
+    """One run as a typed record (one query): cheap enough to read on every rerun, e.g. to key a cache."""
+    return Store(Path(runs_dir)).run_record(run_id)
 
 
 def run_detail(runs_dir: Path, run_id: str) -> dict:
     """Everything the run-detail view shows, computed from the store (no training code involved)."""
-    import json
-
     from core.report import roc_with_band, run_row
 
     store = Store(Path(runs_dir))
-    run = store.run(run_id)
+    run = store.run_record(run_id)
     row, _, _ = run_row(store, run_id)
-    classes = json.loads(run["classes"])
     folds = store.folds(run_id)
     return {
         "run": run,
         "row": row,
-        "classes": classes,
-        "positive": run["positive_class"],
-        "negative": next((c for c in classes if c != run["positive_class"]), "rest") if len(classes) == 2 else "rest",
+        "classes": list(run.classes),
+        "positive": run.positive_class,
+        "negative": run.negative_class,
         "folds": with_fold_auc_ci(store, run_id, folds[["fold", "n_train", "n_test", "iterations", "accuracy", "sensitivity",
                                                            "specificity", "auc", "train_seconds"]], run),
         "curve": store.iterations(run_id),
         "roc": roc_with_band(store, run_id, n_boot=300),
-        "config": json.loads(run["config"]),
+        "config": dataclasses.asdict(run.config),
     }
 
 
-def with_fold_auc_ci(store: Store, run_id: str, folds: pd.DataFrame, run: dict) -> pd.DataFrame:
+def with_fold_auc_ci(store: Store, run_id: str, folds: pd.DataFrame, run: RunRecord) -> pd.DataFrame:
     """Each fold's AUC with its 95 % DeLong interval (from that fold's stored predictions), for the forest plot."""
-    import json
-
     import numpy as np
 
     from core.stats import auc_delong
 
     preds = store.predictions(run_id)
-    pos = json.loads(run["classes"]).index(run["positive_class"])
+    pos = run.positive_index
     low, high = [], []
     for fold in folds["fold"]:
         part = preds[preds["fold"] == fold]
@@ -132,14 +133,11 @@ def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
 
 def threshold_rates(runs_dir: Path, run_id: str, threshold: float) -> dict:
     """Sensitivity, specificity, PPV and NPV with Wilson intervals at a user-chosen threshold."""
-    import json
-
     from core.stats import at_threshold
 
     store = Store(Path(runs_dir))
-    run = store.run(run_id)
+    pos = store.run_record(run_id).positive_index
     preds = store.predictions(run_id)
-    pos = json.loads(run["classes"]).index(run["positive_class"])
     return at_threshold(preds["label_index"].to_numpy() == pos, preds["prob_positive"].to_numpy(dtype=float), threshold)
 
 
@@ -243,9 +241,7 @@ def cams_for(runs_dir: Path, run_id: str, image_ids: list[str], *, target: str =
 
 def job_progress(runs_dir: Path, run_id: str) -> dict:
     """Live state of a (background) run: status, iterations done of the budget, elapsed, ETA, the curve so far."""
-    import json
-
-    from core.config import RunConfig, budget
+    from core.config import budget
     from core.gpuqueue import holder
     from core.jobs import log_tail
     from core.lifecycle import effective_status
@@ -255,12 +251,12 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     if runs.empty:  # still reading data, or failed before the run was created: the log says which
         return {"status": "starting", "log": log_tail(runs_dir, run_id), "fraction": 0.0, "curve": pd.DataFrame()}
     run = runs.iloc[0].to_dict()
-    cfg = json.loads(run["config"])
+    cfg = RunRecord.from_row(run).config
     curve = store.iterations(run_id)
     done = int((curve["phase"] == "train").sum()) if not curve.empty else 0
     # the same budget the engine uses, for a training fold of about (k-1)/k of the images
-    n_train = int(run["n_images"] or 0) * (cfg["folds"] - 1) // cfg["folds"]
-    total = cfg["folds"] * budget(RunConfig.from_dict(cfg), n_train)[0] if n_train else None
+    n_train = int(run["n_images"] or 0) * (cfg.folds - 1) // cfg.folds
+    total = cfg.folds * budget(cfg, n_train)[0] if n_train else None
     status = effective_status(run)  # 'interrupted' when the process is gone without saying why (killed, power loss)
     elapsed = float(curve.groupby("fold")["elapsed_s"].max().sum()) if not curve.empty else 0.0
     fraction = min(1.0, done / total) if total else 0.0
@@ -387,21 +383,17 @@ def data_overview(runs_dir: Path, *, data: str, source: str = "auto", path_colum
 
 
 def predictable_runs(runs_dir: Path) -> dict[str, str]:
-    """Finished runs that kept their fold models (save_models=true), for the Predict page."""
+    """Finished runs that kept their fold models (save_models=true), for the Predict page: one query, then a file check
+    per run that stops at its first missing model (it opened the store once per run before: 55 s for 2,500 runs)."""
     store = Store(Path(runs_dir))
-    out = {}
-    for run_id, label in run_options(runs_dir).items():
-        folds = int(store.run(run_id)["folds"])
-        if all((store.run_dir(run_id) / f"fold_{k}.pt").is_file() for k in range(folds)):
-            out[run_id] = label
-    return out
+    return {r.run_id: r.label for r in store.run_records(status="finished") if store.fold_model_files(r)}
 
 
 def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, str]:
     """{image_id: path} of a run's data set, to pick an image without uploading one."""
     store = Store(Path(runs_dir))
     images = store.query("SELECT image_id, path FROM images WHERE dataset_id = ? AND excluded_reason = '' ORDER BY image_id LIMIT ?",
-                         [store.run(run_id)["dataset_id"], int(limit)])
+                         [store.run_record(run_id).dataset_id, int(limit)])
     return dict(zip(images["image_id"], images["path"]))
 
 

@@ -20,6 +20,7 @@ import pandas as pd
 from core import __version__
 from core import figures
 from core.report import roc_with_band, table3, table_cells, _footer, _with_ci
+from core.records import RunRecord
 from core.store import Store
 
 REPORT_TEMPLATE = "plotly_white"  # printed or projected reports read better on white than the dashboard's dark theme
@@ -75,11 +76,11 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         r = rows[0]
         band = roc_with_band(store, r["run_id"], n_boot=300)
         ops = [p for p in r["operating_points"] if "cross-fitted" not in p["name"]]
-        negative = _negative(r)
+        negative = r["negative_class"]
         c = r["confusion"]
         from core.dashboard import with_fold_auc_ci
 
-        folds = with_fold_auc_ci(store, r["run_id"], store.folds(r["run_id"]), store.run(r["run_id"]))
+        folds = with_fold_auc_ci(store, r["run_id"], store.folds(r["run_id"]), store.run_record(r["run_id"]))
         curve = store.iterations(r["run_id"])
         figs = [figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=r["positive_class"], negative=negative),
                 figures.roc(band, auc=r["auc"], ci=(r["auc_ci_low"], r["auc_ci_high"]), points=ops),
@@ -92,7 +93,7 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         figs = [figures.roc_overlay(curves), figures.accuracy_vs_time(rows)]
         for r in rows:
             c = r["confusion"]
-            fig = figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=r["positive_class"], negative=_negative(r))
+            fig = figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=r["positive_class"], negative=r["negative_class"])
             figs.append(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"))
     for fig in figs:
         plots.append(_figure(fig, first=not plots))
@@ -100,17 +101,17 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
 
     for r in rows:
         parts.append(f"<h2>{_e(r['name'])}: folds, data and configuration</h2>")
-        run = store.run(r["run_id"])
+        run = store.run_record(r["run_id"])
         folds = store.folds(r["run_id"])
         parts.append(_table(["fold", "train images", "test images", "iterations", "accuracy %", "sensitivity %", "specificity %", "AUC", "training s"],
                             [[int(f.fold) + 1, int(f.n_train), int(f.n_test), int(f.iterations), f"{100 * f.accuracy:.1f}",
                               f"{100 * f.sensitivity:.1f}", f"{100 * f.specificity:.1f}", f"{f.auc:.3f}", f"{f.train_seconds:.1f}"]
                              for f in folds.itertuples()]))
         parts.append(_data_summary(store, run))
-        parts.append(f"<p class='muted'>Weights: {_e(run['weights_used'])}. Device: {_e(run['device'])}. torch {_e(run['torch_version'])}. "
-                     f"Code version {_e(run['code_version'])}. Run id {_e(r['run_id'])}, started {_e(run['created_at'])}.</p>")
-        if run.get("notes"):
-            parts.append(f"<p><b>Notes:</b> {_e(run['notes'])}</p>")
+        parts.append(f"<p class='muted'>Weights: {_e(run.weights_used)}. Device: {_e(run.device)}. torch {_e(run.torch_version)}. "
+                     f"Code version {_e(run.code_version)}. Run id {_e(r['run_id'])}, started {_e(run.created_at)}.</p>")
+        if run.notes:
+            parts.append(f"<p><b>Notes:</b> {_e(run.notes)}</p>")
         parts.append("<details><summary>Configuration</summary>"
                      + _table(["setting", "value"], [[k, json.dumps(v)] for k, v in r["config"].items()]) + "</details>")
         if gallery_size:
@@ -121,26 +122,22 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
             f"<style>{_CSS}</style></head><body>{body_html}</body></html>\n")
 
 
-def _negative(r: dict) -> str:
-    return next((x for x in r["classes"] if x != r["positive_class"]), "rest") if len(r["classes"]) == 2 else "rest"
-
-
-def _data_summary(store: Store, run: dict) -> str:
+def _data_summary(store: Store, run: RunRecord) -> str:
     """Counts computed in DuckDB (a data set may hold hundreds of thousands of rows)."""
     per_class = store.query(
         "SELECT label AS class, count(*) AS images, count(DISTINCT nullif(group_id, '')) AS patients FROM images "
-        "WHERE dataset_id = ? AND excluded_reason = '' GROUP BY label ORDER BY label", [run["dataset_id"]])
+        "WHERE dataset_id = ? AND excluded_reason = '' GROUP BY label ORDER BY label", [run.dataset_id])
     excluded = store.query(
         "SELECT excluded_reason AS reason, count(*) AS files FROM images WHERE dataset_id = ? AND excluded_reason <> '' "
-        "GROUP BY excluded_reason ORDER BY files DESC", [run["dataset_id"]])
-    ds = store.query("SELECT source, root FROM datasets WHERE dataset_id = ?", [run["dataset_id"]])
+        "GROUP BY excluded_reason ORDER BY files DESC", [run.dataset_id])
+    ds = store.query("SELECT source, root FROM datasets WHERE dataset_id = ?", [run.dataset_id])
     where = f"{ds['source'].iloc[0]} data set at {ds['root'].iloc[0]}" if not ds.empty else "data set"
     out = [f"<p><b>Data:</b> {_e(where)}; {int(per_class['images'].sum())} images used"
-           + (", grouped by patient into folds" if bool(run["grouped"]) else ", no patient ids (folds split by image)") + ".</p>"]
-    if run.get("leakage"):
-        out.append(f"<p{' class=warn' if run.get('leak_status') == 'leaks' else ''}><b>Patient leakage audit:</b> {_e(run['leakage'])}.</p>")
+           + (", grouped by patient into folds" if run.grouped else ", no patient ids (folds split by image)") + ".</p>"]
+    if run.leakage:
+        out.append(f"<p{' class=warn' if run.leak_status == 'leaks' else ''}><b>Patient leakage audit:</b> {_e(run.leakage)}.</p>")
     out.append(_table(["class", "images", "patients"], per_class.values.tolist()))
-    flow = store.query("SELECT flow FROM datasets WHERE dataset_id = ?", [run["dataset_id"]])
+    flow = store.query("SELECT flow FROM datasets WHERE dataset_id = ?", [run.dataset_id])
     if not flow.empty and flow["flow"].iloc[0]:
         steps = json.loads(flow["flow"].iloc[0]).get("steps", [])
         out.append("<p>Cohort selection:</p>" + _table(["step", "images", "studies", "patients", "removed", "reason"],

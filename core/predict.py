@@ -8,9 +8,7 @@ diagnosis.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,6 +17,7 @@ from core import CxrError
 from core.data.decode import DecodeError, decode_bytes
 from core.explain import grad_cams
 from core.models import build_model
+from core.records import RunRecord
 from core.store import Store
 from core.train import predict_probs
 
@@ -32,42 +31,60 @@ class Prediction:
     positive_class: str
     gray: np.ndarray  # (size, size) uint8, the image as the models saw it
     cam: np.ndarray  # (size, size) float in [0, 1], mean of the fold models' positive-class maps
+    negative_class: str = ""  # what a call below the threshold names
+
+    def call_at(self, threshold: float) -> str:
+        """The class called at another threshold (the probabilities do not depend on it)."""
+        return self.positive_class if self.prob_positive >= threshold else self.negative_class
 
 
-def fold_model_files(store: Store, run_id: str) -> list[Path]:
-    run = store.run(run_id)
-    files = [store.run_dir(run_id) / f"fold_{k}.pt" for k in range(int(run["folds"]))]
-    return files if all(f.is_file() for f in files) else []
+@dataclass(frozen=True)
+class Ensemble:
+    """A finished run's fold models, loaded once: the Predict page keeps one per run, so a second image costs a forward pass."""
+
+    run: RunRecord
+    models: tuple[torch.nn.Module, ...]
+    device: torch.device
 
 
-def predict_image(store: Store, run_id: str, data: bytes, *, threshold: float = 0.5, device: str = "cpu") -> Prediction:
-    """Classify one encoded image (PNG, JPEG, DICOM, ...) with the run's fold-model ensemble."""
-    run = store.run(run_id)
-    if run["status"] != "finished":
-        raise CxrError(f"run {run_id} is {run['status']}; predictions need a finished run")
-    files = fold_model_files(store, run_id)
+def load_ensemble(store: Store, run_id: str, *, device: str = "cpu") -> Ensemble:
+    """The run's fold models in eval mode on `device`; a CxrError says why a run cannot predict."""
+    run = store.run_record(run_id)
+    if run.status != "finished":
+        raise CxrError(f"run {run_id} is {run.status}; predictions need a finished run")
+    files = store.fold_model_files(run)
     if not files:
         raise CxrError(f"run {run_id} kept no fold models; start a run with --set save_models=true to predict with it")
-    cfg = json.loads(run["config"])
-    classes = json.loads(run["classes"])
-    positive = classes.index(run["positive_class"])
-    try:
-        gray = decode_bytes(data, cfg["image_size"])
-    except DecodeError as exc:
-        raise CxrError(f"cannot use this file: {exc}; upload a PNG, JPEG or DICOM radiograph") from None
     dev = torch.device(device)
-    x = torch.from_numpy(np.array(gray))[None]  # a writable copy (decoders may return read-only views)
-    probs, cams = [], []
+    models = []
     for file in files:
-        model, _ = build_model(cfg["backbone"], len(classes), "none")
+        model, _ = build_model(run.config.backbone, len(run.classes), "none")
         try:
             model.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
         except Exception as exc:  # damaged or foreign file in the run folder
             raise CxrError(f"cannot load {file.name} of run {run_id}: {type(exc).__name__}") from None
-        model.to(dev)
-        probs.append(float(predict_probs(model, x, dev)[0, positive]))
-        cams.append(grad_cams(model, cfg["backbone"], x, [positive], dev)[0])
+        models.append(model.to(dev).eval())
+    return Ensemble(run, tuple(models), dev)
+
+
+def predict_with(ensemble: Ensemble, data: bytes, *, threshold: float = 0.5) -> Prediction:
+    """Classify one encoded image (PNG, JPEG, DICOM, ...) with a loaded ensemble."""
+    run = ensemble.run
+    try:
+        gray = decode_bytes(data, run.config.image_size)
+    except DecodeError as exc:
+        raise CxrError(f"cannot use this file: {exc}; upload a PNG, JPEG or DICOM radiograph") from None
+    x = torch.from_numpy(np.array(gray))[None]  # a writable copy (decoders may return read-only views)
+    positive = run.positive_index
+    probs, cams = [], []
+    for model in ensemble.models:
+        probs.append(float(predict_probs(model, x, ensemble.device)[0, positive]))
+        cams.append(grad_cams(model, run.config.backbone, x, [positive], ensemble.device)[0])
     mean = float(np.mean(probs))
-    negative = next((c for c in classes if c != run["positive_class"]), "other") if len(classes) == 2 else "other"
-    return Prediction(mean, probs, threshold, run["positive_class"] if mean >= threshold else negative, run["positive_class"],
-                      gray, np.mean(cams, axis=0))
+    return Prediction(mean, probs, threshold, run.positive_class if mean >= threshold else run.negative_class, run.positive_class,
+                      gray, np.mean(cams, axis=0), run.negative_class)
+
+
+def predict_image(store: Store, run_id: str, data: bytes, *, threshold: float = 0.5, device: str = "cpu") -> Prediction:
+    """Classify one encoded image with the run's fold-model ensemble (loaded for this call; the CLI's one-shot path)."""
+    return predict_with(load_ensemble(store, run_id, device=device), data, threshold=threshold)

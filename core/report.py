@@ -6,6 +6,8 @@ per-fold AUCs are summarised as mean +- SD beside them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import html
 import json
 
@@ -57,29 +59,29 @@ def per_fold_summary(y: np.ndarray, call: np.ndarray, folds: np.ndarray) -> dict
 
 def roc_with_band(store: Store, run_id: str, *, n_boot: int = 500, seed: int = 0) -> dict:
     """Pooled ROC with a 95 % bootstrap band that resamples whole patients when the data set has patient ids."""
-    run = store.run(run_id)
+    run = store.run_record(run_id)
     preds = store.predictions(run_id)
-    images = store.images(run["dataset_id"])[["image_id", "group_id"]]
+    images = store.images(run.dataset_id)[["image_id", "group_id"]]
     preds = preds.merge(images, on="image_id", how="left")
-    groups = preds["group_id"].to_numpy() if bool(run["grouped"]) else None
-    y = preds["label_index"].to_numpy() == json.loads(run["classes"]).index(run["positive_class"])
+    groups = preds["group_id"].to_numpy() if run.grouped else None
+    y = preds["label_index"].to_numpy() == run.positive_index
     band = roc_band(y, preds["prob_positive"].to_numpy(dtype=float), groups=groups, n_boot=n_boot, seed=seed)
     return {k: v.tolist() for k, v in band.items()} | {"resampled": "patients" if groups is not None else "images"}
 
 
 def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple[dict, dict, dict]:
     """(report row, {image_id: positive probability}, {image_id: is positive}) of one run, from its stored predictions."""
-    run = store.run(run_id)
-    if run["status"] != "finished":
-        raise CxrError(f"run {run_id} is {run['status']}, not finished; report finished runs only")
+    run = store.run_record(run_id)
+    if run.status != "finished":
+        raise CxrError(f"run {run_id} is {run.status}, not finished; report finished runs only")
     preds = store.predictions(run_id)
-    classes = json.loads(run["classes"])
-    pos = classes.index(run["positive_class"])
+    classes = list(run.classes)
+    pos = run.positive_index
     y = (preds["label_index"].to_numpy() == pos)
     call = preds["pred_index"].to_numpy() == pos
     scores = preds["prob_positive"].to_numpy(dtype=float)
     ci = auc_delong(y, scores)
-    row = {"run_id": run_id, "name": run["name"], "n_images": int(len(preds)), "synthetic": bool(run["synthetic"]),
+    row = {"run_id": run_id, "name": run.name, "n_images": int(len(preds)), "synthetic": run.synthetic,
            "auc": ci.auc, "auc_ci_low": ci.low, "auc_ci_high": ci.high}
     tp, fn = int((call & y).sum()), int((~call & y).sum())
     fp, tn = int((call & ~y).sum()), int((~call & ~y).sum())
@@ -96,15 +98,15 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
         labels = preds["label_index"].to_numpy()
         row["auc_one_vs_rest"] = {c: float(roc_auc_score(labels == k, probs[:, k])) for k, c in enumerate(classes) if 0 < (labels == k).sum() < len(labels)}
         row["auc_macro"] = float(np.mean(list(row["auc_one_vs_rest"].values())))
-    row["train_seconds"] = float(run["train_seconds"])
-    row["leak_status"], row["leakage"] = run.get("leak_status") or "unknown", run.get("leakage") or "not recorded (run made before the audit)"
+    row["train_seconds"] = float(run.train_seconds) if run.train_seconds is not None else float("nan")
+    row["leak_status"], row["leakage"] = run.leak_status or "unknown", run.leakage or "not recorded (run made before the audit)"
     row["confusion"] = {"tp": tp, "fn": fn, "fp": fp, "tn": tn}
-    row["config"] = json.loads(run["config"])
-    row["classes"], row["positive_class"] = classes, run["positive_class"]
+    row["config"] = dataclasses.asdict(run.config)
+    row["classes"], row["positive_class"], row["negative_class"] = classes, run.positive_class, run.negative_class
     row["operating_points"] = operating_points(y, scores, preds["fold"].to_numpy(), min_sensitivity=min_sensitivity)
-    if run.get("pointing_game") is not None and np.isfinite(run["pointing_game"]):
+    if run.pointing_game is not None:
         for key in ("pointing_game", "pointing_chance", "energy_in_mask", "energy_chance"):
-            row[key] = float(run[key])
+            row[key] = getattr(run, key)
     return row, dict(zip(preds["image_id"], scores)), dict(zip(preds["image_id"], y))
 
 

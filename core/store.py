@@ -25,6 +25,7 @@ import duckdb
 import pandas as pd
 
 from core import CxrError
+from core.records import RunRecord
 
 SCHEMA_VERSION = 4
 DB_NAME = "runs.duckdb"
@@ -297,6 +298,28 @@ class Store:
             "accuracy, sensitivity, specificity, auc, auc_mean_folds, train_seconds, total_seconds "
             "FROM runs ORDER BY created_at DESC"
         )
+
+    def run_records(self, *, status: str | None = None) -> list[RunRecord]:
+        """Every run, or those with `status`, newest first: one query whatever the store holds."""
+        where, params = (" WHERE status = ?", [status]) if status else ("", [])
+        df = self.query(f"SELECT {', '.join(RunRecord.COLUMNS)} FROM runs{where} ORDER BY created_at DESC", params)
+        return [RunRecord.from_row(row) for row in df.to_dict("records")]
+
+    def fold_model_files(self, run: RunRecord) -> list[Path]:
+        """The run's saved fold models (save_models=true), or [] when any is missing; stops at the first missing file."""
+        files = []
+        for k in range(run.folds):
+            file = self.run_dir(run.run_id) / f"fold_{k}.pt"
+            if not file.is_file():
+                return []
+            files.append(file)
+        return files
+
+    def run_record(self, run_id: str) -> RunRecord:
+        df = self.query(f"SELECT {', '.join(RunRecord.COLUMNS)} FROM runs WHERE run_id = ?", [run_id])
+        if df.empty:
+            raise CxrError(f"no run {run_id!r} in {self.path}")
+        return RunRecord.from_row(df.iloc[0].to_dict())
 
     def run(self, run_id: str) -> dict:
         df = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])

@@ -1,4 +1,9 @@
-"""Runs: pick a finished run and read its folds, curves, confusion matrix, ROC, threshold and calibration."""
+"""Runs: pick a finished run and read its folds, curves, confusion matrix, ROC, threshold and calibration.
+
+A finished run never changes, so its detail (with a 300-sample bootstrap ROC band) is computed once per
+run and kept (`st.cache_data`, keyed on the run and what can still change: status, name, tags, notes).
+The threshold slider and the curve's measure live in fragments, so moving one reruns only its part.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,38 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.dashboard import delete_run, disk_used, fold_table, run_detail, run_options, threshold_rates, unfinished_runs, update_run_labels
+from core.dashboard import (delete_run, disk_used, fold_table, run_detail, run_options, run_record, threshold_rates, unfinished_runs,
+                            update_run_labels)
 from core.jobs import start_resume
 from core.safety import demo_mode
 from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+
+@st.cache_data(max_entries=16, show_spinner="Reading the run...")
+def detail(runs_dir: str, run_id: str, version: tuple) -> dict:
+    """`version`: what can still change in a stored run; a new value computes the detail afresh."""
+    return run_detail(Path(runs_dir), run_id)
+
+
+@st.fragment
+def threshold_section(run_id: str) -> None:
+    st.subheader("Threshold")
+    threshold = st.slider("Call positive when the probability is at least", 0.0, 1.0, 0.5, 0.01, key="runs_threshold")
+    rates = threshold_rates(RUNS_DIR, run_id, threshold)
+    st.dataframe(pd.DataFrame([
+        {"measure": name, "value %": round(100 * rates[name], 1),
+         "95 % CI (Wilson)": f"{100 * rates[name + '_ci_low']:.1f}-{100 * rates[name + '_ci_high']:.1f}"}
+        for name in ("sensitivity", "specificity", "ppv", "npv", "accuracy")
+    ]), hide_index=True)
+
+
+@st.fragment
+def curves_section(curve: pd.DataFrame) -> None:
+    st.subheader("Training curves")
+    metric = st.radio("Measure", ["loss", "accuracy"], horizontal=True, key="runs_metric")
+    st.plotly_chart(figures.training_curves(curve, metric=metric), width="stretch")
+
 
 page_setup("Runs")
 st.title("Runs")
@@ -54,20 +85,21 @@ if not options:
     st.stop()
 run_id = st.selectbox("Run", list(options), format_func=options.get, key="runs_run")
 try:
-    d = run_detail(RUNS_DIR, run_id)
+    record = run_record(RUNS_DIR, run_id)
+    d = detail(str(RUNS_DIR), run_id, (record.status, record.name, record.tags, record.notes))
 except CxrError as exc:
     st.error(str(exc))
     st.stop()
 row, run = d["row"], d["run"]
 if row["synthetic"]:
     st.warning("Data: SYNTHETIC demo phantom images, not real radiographs.")
-if run.get("leak_status") == "leaks":
-    st.error(f"Leaking split (grouping was turned off for this run): {run['leakage']}. Its results are optimistic.")
-elif run.get("leak_status") == "unchecked":
-    st.caption(f"Patient leakage {run['leakage']}.")
-if str(run["weights_used"]).startswith("none"):
-    st.caption(f"Weights: {run['weights_used']} (trained from scratch, not transfer learning).")
-st.caption(f"Computed on {run['device']}; torch {run['torch_version']}; code {run['code_version']}.")
+if run.leak_status == "leaks":
+    st.error(f"Leaking split (grouping was turned off for this run): {run.leakage}. Its results are optimistic.")
+elif run.leak_status == "unchecked":
+    st.caption(f"Patient leakage {run.leakage}.")
+if run.weights_used.startswith("none"):
+    st.caption(f"Weights: {run.weights_used} (trained from scratch, not transfer learning).")
+st.caption(f"Computed on {run.device}; torch {run.torch_version}; code {run.code_version}.")
 
 cols = st.columns(5)
 cols[0].metric("AUC (pooled)", f"{row['auc']:.3f}", help=f"95 % DeLong CI {row['auc_ci_low']:.3f}-{row['auc_ci_high']:.3f}")
@@ -93,14 +125,7 @@ if picked:  # a click on a cell (or its button) opens those images in the galler
 ops = [p for p in row["operating_points"] if "cross-fitted" not in p["name"]]
 right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], row["auc_ci_high"]), points=ops), width="stretch")
 
-st.subheader("Threshold")
-threshold = st.slider("Call positive when the probability is at least", 0.0, 1.0, 0.5, 0.01, key="runs_threshold")
-rates = threshold_rates(RUNS_DIR, run_id, threshold)
-st.dataframe(pd.DataFrame([
-    {"measure": name, "value %": round(100 * rates[name], 1),
-     "95 % CI (Wilson)": f"{100 * rates[name + '_ci_low']:.1f}-{100 * rates[name + '_ci_high']:.1f}"}
-    for name in ("sensitivity", "specificity", "ppv", "npv", "accuracy")
-]), hide_index=True)
+threshold_section(run_id)
 
 st.subheader("Folds")
 st.dataframe(fold_table(d["folds"]), hide_index=True, width="stretch", column_config={"AUC": st.column_config.NumberColumn(format="%.3f")})
@@ -108,9 +133,7 @@ left, right = st.columns(2)
 left.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), width="stretch")
 right.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), width="stretch")
 
-st.subheader("Training curves")
-metric = st.radio("Measure", ["loss", "accuracy"], horizontal=True, key="runs_metric")
-st.plotly_chart(figures.training_curves(d["curve"], metric=metric), width="stretch")
+curves_section(d["curve"])
 
 with st.expander("Configuration"):
     st.json(d["config"])
@@ -120,9 +143,9 @@ if DEMO:  # read-only: no renaming or deleting
 with st.expander("Manage this run"):
     st.caption(f"Disk used by its artifacts: {disk_used(RUNS_DIR, run_id) / 1e6:.1f} MB")
     with st.form("runs_manage"):
-        new_name = st.text_input("Name", run["name"] or run_id, key="runs_name")
-        tags = st.text_input("Tags (comma-separated)", run.get("tags") or "", key="runs_tags")
-        notes = st.text_area("Notes", run.get("notes") or "", key="runs_notes")
+        new_name = st.text_input("Name", run.name, key="runs_name")
+        tags = st.text_input("Tags (comma-separated)", run.tags, key="runs_tags")
+        notes = st.text_area("Notes", run.notes, key="runs_notes")
         if st.form_submit_button("Save"):
             update_run_labels(RUNS_DIR, run_id, name=new_name, tags=tags, notes=notes)
             st.success("Saved.")

@@ -1,4 +1,8 @@
-"""Compare: two or more runs, or a sweep, in the study's Table 3 layout with intervals, DeLong p-values and overlaid ROC curves."""
+"""Compare: two or more runs, or a sweep, in the study's Table 3 layout with intervals, DeLong p-values and overlaid ROC curves.
+
+Finished runs do not change, so a comparison is computed once per choice of runs (and their labels, which
+carry the names) and kept; the curves' measure is a fragment that reruns alone.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,19 @@ from core.dashboard import comparison, run_options, sweep_options, sweep_runs
 from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+
+@st.cache_data(max_entries=16, show_spinner="Comparing the runs...")
+def compare(runs_dir: str, run_ids: tuple[str, ...], labels: tuple) -> dict:
+    """`labels`: the runs' names and metrics as listed, so a renamed run is compared afresh."""
+    return comparison(Path(runs_dir), list(run_ids))
+
+
+@st.fragment
+def curves_section(training) -> None:
+    st.subheader("Training curves")
+    metric = st.radio("Measure", ["loss", "accuracy"], horizontal=True, key="compare_metric")
+    st.plotly_chart(figures.training_curves_overlay(training, metric=metric), width="stretch")
+
 
 page_setup("Compare")
 st.title("Compare runs")
@@ -29,7 +46,7 @@ if len(run_ids) < 2:
     st.info("Choose at least two finished runs (or a sweep) to compare.")
     st.stop()
 try:
-    c = comparison(RUNS_DIR, run_ids)
+    c = compare(str(RUNS_DIR), tuple(run_ids), tuple(runs.get(r) for r in run_ids))
 except CxrError as exc:
     st.error(str(exc))
     st.stop()
@@ -48,16 +65,13 @@ left, right = st.columns(2)
 left.plotly_chart(figures.roc_overlay(c["curves"]), width="stretch")
 right.plotly_chart(figures.accuracy_vs_time(c["rows"]), width="stretch")
 
-st.subheader("Training curves")
-metric = st.radio("Measure", ["loss", "accuracy"], horizontal=True, key="compare_metric")
-st.plotly_chart(figures.training_curves_overlay(c["training"], metric=metric), width="stretch")
+curves_section(c["training"])
 
 st.subheader("Confusion matrices")
 cols = st.columns(2)
 for k, r in enumerate(c["rows"]):
     m = r["confusion"]
-    negative = next((x for x in r["classes"] if x != r["positive_class"]), "rest") if len(r["classes"]) == 2 else "rest"
-    fig = figures.confusion_matlab(m["tp"], m["fn"], m["fp"], m["tn"], positive=r["positive_class"], negative=negative)
+    fig = figures.confusion_matlab(m["tp"], m["fn"], m["fp"], m["tn"], positive=r["positive_class"], negative=r["negative_class"])
     event = cols[k % 2].plotly_chart(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"), width="stretch",
                                      on_select="rerun", selection_mode="points", key=f"compare_confusion_{r['run_id']}")
     picked = [pt["customdata"] for pt in (event.selection.points if event else []) if pt.get("customdata")]

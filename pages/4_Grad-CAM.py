@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
-from core.dashboard import cams_for, gallery, run_detail, run_options
+from core.dashboard import cams_for, gallery, run_options, run_record
 from core.overlay import mask_outline, overlay
 from pages import page_setup
 
@@ -46,20 +46,19 @@ others = st.multiselect("Show the same images in other runs, side by side", [r f
                         help="Each row: the original, then this run's heat map, then each chosen run's heat map of the same image.")
 
 try:
-    detail = run_detail(RUNS_DIR, run_id)
+    record = run_record(RUNS_DIR, run_id)  # one query: the gallery needs no ROC or statistics
     items = gallery(RUNS_DIR, run_id, outcomes=outcomes, target=target, limit=int(limit))
     across = {other: cams_for(RUNS_DIR, other, [i["image_id"] for i in items], target=target) for other in others}
 except CxrError as exc:
     st.error(str(exc))
     st.stop()
-row = detail["row"]
-if row["synthetic"]:
+if record.synthetic:
     st.warning("SYNTHETIC demo phantom images, not real radiographs. Research tool, not a diagnosis.")
-if "pointing_game" in row:
-    st.caption(f"Localisation over positives with masks: pointing game {100 * row['pointing_game']:.0f} % "
-               f"(chance {100 * row['pointing_chance']:.0f} %), heat-map energy in mask {100 * row['energy_in_mask']:.1f} % "
-               f"(chance {100 * row['energy_chance']:.1f} %). Map: {detail['config']['backbone']} last block, "
-               f"{max(1, detail['config']['image_size'] // 32)} x {max(1, detail['config']['image_size'] // 32)} cells.")
+if record.pointing_game is not None:
+    cells = max(1, record.config.image_size // 32)
+    st.caption(f"Localisation over positives with masks: pointing game {100 * record.pointing_game:.0f} % "
+               f"(chance {100 * (record.pointing_chance or 0):.0f} %), heat-map energy in mask {100 * (record.energy_in_mask or 0):.1f} % "
+               f"(chance {100 * (record.energy_chance or 0):.1f} %). Map: {record.config.backbone} last block, {cells} x {cells} cells.")
 if not items:
     st.info("No heat maps for this choice (the run may have been made with gradcam=false).")
     st.stop()

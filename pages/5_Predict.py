@@ -1,4 +1,10 @@
-"""Predict: one radiograph through a finished run's fold models, with the call and a Grad-CAM. A research tool, not a diagnosis."""
+"""Predict: one radiograph through a finished run's fold models, with the call and a Grad-CAM. A research tool, not a diagnosis.
+
+The fold models are loaded once per run and kept (`st.cache_resource`), and each image's prediction is
+kept too (`st.cache_data`), so a second image costs forward passes only, and moving the threshold or
+the opacity costs nothing but drawing: the opacity slider lives in a fragment that reruns alone.
+torch is imported only when a model runs.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,35 @@ import streamlit as st
 from core import CxrError
 from core.dashboard import dataset_images, predictable_runs
 from core.overlay import overlay
-from core.predict import predict_image
-from core.store import Store
 from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the run's fold models...")
+def ensemble(runs_dir: str, run_id: str):
+    """A finished run's fold models never change: one load per run and server."""
+    from core.predict import load_ensemble
+    from core.store import Store
+
+    return load_ensemble(Store(Path(runs_dir)), run_id)
+
+
+@st.cache_data(max_entries=64, show_spinner="Running the fold models...")
+def predict(runs_dir: str, run_id: str, data: bytes):
+    from core.predict import predict_with
+
+    return predict_with(ensemble(runs_dir, run_id), data)
+
+
+@st.fragment
+def heat_map(p) -> None:
+    opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
+    left, right = st.columns(2)
+    left.image(p.gray, caption="as the model saw it", width="stretch")
+    right.image(overlay(p.gray, (p.cam * 255).astype("uint8"), opacity=opacity), caption=f"Grad-CAM for {p.positive_class}",
+                width="stretch")
+
 
 page_setup("Predict")
 st.title("Predict")
@@ -40,16 +70,12 @@ threshold = st.slider("Call positive at probability", 0.0, 1.0, 0.5, 0.01, key="
 if data is None:
     st.stop()
 try:
-    with st.spinner("Running the fold models..."):
-        p = predict_image(Store(RUNS_DIR), run_id, data, threshold=threshold)
+    p = predict(str(RUNS_DIR), run_id, data)
 except CxrError as exc:
     st.error(str(exc))
     st.stop()
 cols = st.columns(3)
 cols[0].metric(f"P({p.positive_class})", f"{p.prob_positive:.3f}", help="mean over the run's fold models")
-cols[1].metric("Call", p.call, help=f"positive when the probability is at least {p.threshold:.2f}")
+cols[1].metric("Call", p.call_at(threshold), help=f"positive when the probability is at least {threshold:.2f}")
 cols[2].metric("Fold models agree", f"{min(p.fold_probs):.2f}-{max(p.fold_probs):.2f}", help="range of the fold models' probabilities")
-opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
-left, right = st.columns(2)
-left.image(p.gray, caption="as the model saw it", width="stretch")
-right.image(overlay(p.gray, (p.cam * 255).astype("uint8"), opacity=opacity), caption=f"Grad-CAM for {p.positive_class}", width="stretch")
+heat_map(p)

@@ -282,6 +282,31 @@ def test_predict_page_classifies_a_data_set_image(run_with_models, monkeypatch):
     assert len(at.get("image")) == 2
 
 
+def test_predict_page_loads_the_fold_models_once_and_redraws_without_predicting_again(run_with_models, monkeypatch):
+    """A second image costs forward passes only; the threshold and the opacity cost no prediction at all."""
+    import streamlit as st
+
+    import core.predict as predict
+
+    store, result, _ = run_with_models
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    loads, predictions = [], []
+    real_load, real_predict = predict.load_ensemble, predict.predict_with
+    monkeypatch.setattr(predict, "load_ensemble", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(predict, "predict_with", lambda *a, **k: predictions.append(1) or real_predict(*a, **k))
+    monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
+    at = AppTest.from_file(str(PAGES / "5_Predict.py"), default_timeout=120).run()
+    at.radio(key="predict_source").set_value("from the data set").run()
+    images = at.selectbox(key="predict_image").options
+    at.selectbox(key="predict_image").set_value(images[1]).run()
+    assert not at.exception and (len(loads), len(predictions)) == (1, 2)
+    at.slider(key="predict_threshold").set_value(0.9).run()
+    at.slider(key="predict_opacity").set_value(0.8).run()
+    assert not at.exception and (len(loads), len(predictions)) == (1, 2)
+    assert {m.label: m.value for m in at.metric}["Call"] in ("Effusion", "Normal")
+
+
 def test_runs_page_renames_and_deletes_with_confirmation(tmp_path, monkeypatch):
     data = blob_dataset(tmp_path / "data", n_per_class=6)
     cfg = tiny_config(data, batch_size=4, max_iterations=1, folds=2, eval_every=1)
