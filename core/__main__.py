@@ -102,6 +102,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     bench.add_argument("--out", type=Path, default=None, help="write the results as JSON to this file")
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # a few seconds, for tests
+    bench.add_argument("--dashboard", action="store_true",
+                       help="time the dashboard's pages on a generated heavy user's store instead (bench/dashboard.py)")
+    bench.add_argument("--runs", type=int, default=2500, help="--dashboard: finished runs in the store (default 2500)")
+    bench.add_argument("--predictions", type=int, default=1_000_000,
+                       help="--dashboard: out-of-fold predictions in all, spread over the runs (default 1000000)")
+    bench.add_argument("--app-root", type=Path, default=None,
+                       help="--dashboard: time the pages (and core) of this checkout instead of this one, e.g. an older commit's worktree")
     return parser
 
 
@@ -315,12 +322,32 @@ def _try(action, *args) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.dashboard:
+        return cmd_bench_dashboard(args)
     try:
         from bench.run import report, run_bench
     except ImportError as exc:
         raise CxrError(f"the benchmark lives in bench/ of the repository ({exc}); run python -m core bench from the repository root") from None
 
     result = run_bench("tiny" if args.tiny else "quick" if args.quick else "full", args.device, args.out)
+    print(report(result))
+    if args.out:
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_dashboard(args: argparse.Namespace) -> int:
+    """`bench --dashboard`: the pages on a heavy user's store; `--tiny` (tests) times the Runs page alone on whatever size is asked."""
+    try:
+        from bench.dashboard import report, run_dashboard_bench
+    except ImportError as exc:
+        raise CxrError(f"the benchmark lives in bench/ of the repository ({exc}); run python -m core bench from the repository root") from None
+    if args.runs < 1 or args.predictions < 2 * args.runs:
+        raise CxrError("--runs must be at least 1 and --predictions at least 2 per run")
+    if args.app_root is not None and not (args.app_root / "pages").is_dir():
+        raise CxrError(f"--app-root {args.app_root} has no pages/ folder; give the root of a cxr-transfer checkout")
+    tiny = {"pages": ("2_Runs.py",), "sessions": 1, "model_runs": 0} if args.tiny else {}
+    result = run_dashboard_bench(runs=args.runs, predictions=args.predictions, app_root=args.app_root, out=args.out, **tiny)
     print(report(result))
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
