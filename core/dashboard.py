@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from core.data.sources import DEMO_MARKER
@@ -59,9 +60,14 @@ def runs_table(runs_dir: Path) -> pd.DataFrame:
     })
 
 
+def store_version(runs_dir: Path) -> tuple[int, ...]:
+    """Changes with every committed write to the store: pages key what they cache on it (two stats, no query)."""
+    return Store(Path(runs_dir)).version()
+
+
 def run_options(runs_dir: Path) -> dict[str, str]:
     """Finished runs as {run_id: label} for a select box, newest first (one query)."""
-    return {r.run_id: r.label for r in Store(Path(runs_dir)).run_records(status="finished")}
+    return {r.run_id: r.label for r in Store(Path(runs_dir)).run_summaries(status="finished")}
 
 
 def run_record(runs_dir: Path, run_id: str) -> RunRecord:
@@ -71,13 +77,19 @@ def run_record(runs_dir: Path, run_id: str) -> RunRecord:
 
 def run_detail(runs_dir: Path, run_id: str) -> dict:
     """Everything the run-detail view shows, computed from the store (no training code involved)."""
+    with Store(Path(runs_dir)).reading() as store:
+        return _run_detail(store, run_id)
+
+
+def _run_detail(store: Store, run_id: str) -> dict:
     from core.report import roc_with_band, run_row
 
-    store = Store(Path(runs_dir))
     run = store.run_record(run_id)
-    row, _, _ = run_row(store, run_id)
+    row, scores, truth = run_row(store, run_id)
     folds = store.folds(run_id)
     return {
+        "scores": np.fromiter(scores.values(), float, len(scores)),  # pooled out-of-fold, for the threshold slider
+        "truth": np.fromiter(truth.values(), bool, len(truth)),
         "run": run,
         "row": row,
         "classes": list(run.classes),
@@ -97,7 +109,7 @@ def with_fold_auc_ci(store: Store, run_id: str, folds: pd.DataFrame, run: RunRec
 
     from core.stats import auc_delong
 
-    preds = store.predictions(run_id)
+    preds = store.scored(run)
     pos = run.positive_index
     low, high = [], []
     for fold in folds["fold"]:
@@ -131,14 +143,12 @@ def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def threshold_rates(runs_dir: Path, run_id: str, threshold: float) -> dict:
-    """Sensitivity, specificity, PPV and NPV with Wilson intervals at a user-chosen threshold."""
+def threshold_rates(detail: dict, threshold: float) -> dict:
+    """Sensitivity, specificity, PPV and NPV with Wilson intervals at a user-chosen threshold, from a run's detail
+    (its pooled out-of-fold truth and scores ride along in it, so a slider move reads nothing from the store)."""
     from core.stats import at_threshold
 
-    store = Store(Path(runs_dir))
-    pos = store.run_record(run_id).positive_index
-    preds = store.predictions(run_id)
-    return at_threshold(preds["label_index"].to_numpy() == pos, preds["prob_positive"].to_numpy(dtype=float), threshold)
+    return at_threshold(detail["truth"], detail["scores"], threshold)
 
 
 def sweep_options(runs_dir: Path) -> dict[str, str]:
@@ -152,11 +162,11 @@ def comparison(runs_dir: Path, run_ids: list[str]) -> dict:
     """Table 3 rows (first run = reference), a display table, and each run's ROC for overlaying."""
     from core.report import roc_with_band, table3, table_cells
 
-    store = Store(Path(runs_dir))
-    rows = table3(store, run_ids)
+    with Store(Path(runs_dir)).reading() as store:
+        rows = table3(store, run_ids)
+        curves = [(r["name"], roc_with_band(store, r["run_id"], n_boot=0), r["auc"]) for r in rows]
+        training = [(r["name"], store.iterations(r["run_id"])) for r in rows]
     header, body = table_cells(rows)
-    curves = [(r["name"], roc_with_band(store, r["run_id"], n_boot=0), r["auc"]) for r in rows]
-    training = [(r["name"], store.iterations(r["run_id"])) for r in rows]
     return {"rows": rows, "table": pd.DataFrame(body, columns=header).assign(run=[r["name"] for r in rows]), "curves": curves,
             "training": training, "varies": sorted(rows[0]["varies"])}
 
@@ -170,15 +180,19 @@ def sweep_runs(runs_dir: Path, sweep_id: str) -> list[str]:
 def gallery(runs_dir: Path, run_id: str, *, outcomes: list[str], target: str = "predicted", fold: int | None = None,
             limit: int = 24, display: int = 256) -> list[dict]:
     """Gallery items sorted by confidence: original and heat map as arrays, with outcome, probability and localisation."""
-    import numpy as np
+    if not outcomes:
+        return []
+    with Store(Path(runs_dir)).reading() as store:
+        return _gallery(store, run_id, outcomes=outcomes, target=target, fold=fold, limit=limit, display=display)
+
+
+def _gallery(store: Store, run_id: str, *, outcomes: list[str], target: str, fold: int | None, limit: int, display: int) -> list[dict]:
     from PIL import Image
 
     from core.data.decode import DecodeError, decode_gray
 
-    store = Store(Path(runs_dir))
-    run = store.run(run_id)
-    if not outcomes:
-        return []
+    runs_dir = store.runs_dir
+    run = store.run_record(run_id)
     # filtered, sorted and cut in DuckDB: a large data set's heat-map index and image table never come whole into pandas
     marks = ", ".join("?" for _ in outcomes)
     cams = store.query(
@@ -189,7 +203,7 @@ def gallery(runs_dir: Path, run_id: str, *, outcomes: list[str], target: str = "
         return []
     ids = cams["image_id"].tolist()
     images = store.query(f"SELECT image_id, path, mask_path FROM images WHERE dataset_id = ? AND image_id IN ({', '.join('?' for _ in ids)})",
-                         [run["dataset_id"], *ids]).set_index("image_id")
+                         [run.dataset_id, *ids]).set_index("image_id")
     loaded: dict[str, np.lib.npyio.NpzFile] = {}
     items = []
     for r in cams.itertuples():
@@ -285,11 +299,21 @@ def _folds_done(store: Store, run_id: str) -> int:
     return int((folds["status"] == "finished").sum()) if not folds.empty else 0
 
 
-def unfinished_runs(runs_dir: Path) -> list[dict]:
-    """Failed, cancelled and interrupted runs for the Resume buttons: id, name, status, folds done of k, why it stopped."""
-    from core.lifecycle import unfinished_runs as unfinished
+def unfinished_candidates(runs_dir: Path) -> list[dict]:
+    """What the store says about runs that are not finished (one query): cacheable until the store changes."""
+    from core.lifecycle import unfinished_candidates as candidates
 
-    return unfinished(Store(Path(runs_dir)))
+    return candidates(Store(Path(runs_dir)))
+
+
+def unfinished_runs(runs_dir: Path, candidates: list[dict] | None = None) -> list[dict]:
+    """Failed, cancelled and interrupted runs for the Resume buttons: id, name, status, folds done of k, why it stopped.
+
+    `candidates`: `unfinished_candidates`' rows, when the caller keeps them; whose process is alive is checked now.
+    """
+    from core.lifecycle import unfinished_from
+
+    return unfinished_from(unfinished_candidates(runs_dir) if candidates is None else candidates)
 
 
 def sweep_progress(runs_dir: Path, sweep_id: str, n_runs: int) -> dict:
@@ -344,14 +368,16 @@ def start_quick_demo(runs_dir: Path, demo_dir: Path) -> str:
 
 def data_overview(runs_dir: Path, *, data: str, source: str = "auto", path_column: str = "path", label_column: str = "label",
                   group_column: str = "", positive_labels: str = "", fold_column: str = "", folds: int = 10, seed: int = 0,
-                  group_by_patient: bool = True, thumb: int = 96, progress=None) -> dict:
-    """A data set as the Data page shows it: counts, patients, exclusions with reasons, samples per class, a fold preview."""
+                  group_by_patient: bool = True, thumb: int = 96, progress=None, with_preview: bool = True) -> dict:
+    """A data set as the Data page shows it: counts, patients, exclusions with reasons, samples per class, a fold preview.
+
+    The fold preview is `fold_preview` of the same dict (`with_preview=False` leaves it out): the Data page
+    recomputes it alone when the folds change.
+    """
     import numpy as np
 
-    from core import CxrError
     from core.config import RunConfig
     from core.data.prepare import cache_dir_for, prepare_data
-    from core.data.splits import assign_folds, audit_leakage
 
     cfg = RunConfig(data=data, source=source, path_column=path_column, label_column=label_column, group_column=group_column,
                     positive_labels=positive_labels, fold_column=fold_column, image_size=thumb, folds=folds, seed=seed)
@@ -359,34 +385,44 @@ def data_overview(runs_dir: Path, *, data: str, source: str = "auto", path_colum
     table = prepared.manifest.table
     included = table[table["excluded_reason"] == ""]
     samples = {c: [prepared.pixels[i] for i in np.flatnonzero(prepared.labels == k)[:6]] for k, c in enumerate(prepared.classes)}
-    audit = None
-    try:
-        if prepared.user_folds is not None:
-            fold_of = prepared.user_folds
-        else:
-            fold_of = assign_folds(prepared.labels, prepared.groups if group_by_patient else None, folds=folds, seed=seed,
-                                   class_names=prepared.classes)
-        preview = pd.crosstab(pd.Series(fold_of + 1, name="fold"), pd.Series([prepared.classes[i] for i in prepared.labels], name="class"))
-        fold_error = ""
-        audit = audit_leakage(fold_of, prepared.groups)  # the same check the engine runs before training
-    except CxrError as exc:
-        preview, fold_error = pd.DataFrame(), str(exc)
-    return {
+    overview = {
         "source": prepared.manifest.source, "synthetic": prepared.manifest.synthetic,
         "balance": included["label"].value_counts().sort_index().rename_axis("class").reset_index(name="images"),
         "patients": int(included["group"].nunique()) if prepared.groups is not None else None,
         "excluded": table.loc[table["excluded_reason"] != "", ["image_id", "path", "excluded_reason"]],
-        "samples": samples, "folds": preview, "fold_error": fold_error, "n_images": len(included), "audit": audit,
+        "samples": samples, "n_images": len(included),
         "user_folds": prepared.user_folds is not None,
         "flow": pd.DataFrame(prepared.manifest.flow["steps"]) if prepared.manifest.flow and prepared.manifest.flow.get("steps") else None,
+        # what fold_preview needs, so a change of folds, seed or grouping reads no image again
+        "labels": prepared.labels, "groups": prepared.groups, "classes": list(prepared.classes), "fold_of_user": prepared.user_folds,
     }
+    if not with_preview:
+        return overview
+    return overview | fold_preview(overview, folds=folds, seed=seed, group_by_patient=group_by_patient)
+
+
+def fold_preview(overview: dict, *, folds: int, seed: int, group_by_patient: bool) -> dict:
+    """Images per fold and class as the engine would split them, and the leakage audit it repeats before training."""
+    from core import CxrError
+    from core.data.splits import assign_folds, audit_leakage
+
+    labels, groups, classes = overview["labels"], overview["groups"], overview["classes"]
+    try:
+        if overview["fold_of_user"] is not None:
+            fold_of = overview["fold_of_user"]
+        else:
+            fold_of = assign_folds(labels, groups if group_by_patient else None, folds=folds, seed=seed, class_names=classes)
+        preview = pd.crosstab(pd.Series(fold_of + 1, name="fold"), pd.Series([classes[i] for i in labels], name="class"))
+        return {"folds": preview, "fold_error": "", "audit": audit_leakage(fold_of, groups)}
+    except CxrError as exc:
+        return {"folds": pd.DataFrame(), "fold_error": str(exc), "audit": None}
 
 
 def predictable_runs(runs_dir: Path) -> dict[str, str]:
     """Finished runs that kept their fold models (save_models=true), for the Predict page: one query, then a file check
     per run that stops at its first missing model (it opened the store once per run before: 55 s for 2,500 runs)."""
     store = Store(Path(runs_dir))
-    return {r.run_id: r.label for r in store.run_records(status="finished") if store.fold_model_files(r)}
+    return {r.run_id: r.label for r in store.run_summaries(status="finished") if store.fold_model_files(r)}
 
 
 def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, str]:

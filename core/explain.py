@@ -43,6 +43,52 @@ def grad_cams(model: nn.Module, backbone: str, images_u8: torch.Tensor, targets:
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0, 0), np.float32)
 
 
+def cams_and_probs(model: nn.Module, backbone: str, images_u8: torch.Tensor, targets: list[int], device: torch.device, *,
+                   batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """The maps `grad_cams` gives, and the softmax probabilities (N, C), from one forward pass per batch.
+
+    Why: pytorch-grad-cam's backward runs through the whole network and fills every weight's gradient,
+    although Grad-CAM needs the gradient at the target layer only. Here the layer's output is cut from
+    the graph and made a leaf, so the backward covers only what follows it (pooling and the classifier):
+    a map costs about one forward pass, and that pass also gives the probabilities. The maps are then
+    weighted, rectified and scaled exactly as pytorch-grad-cam does (its `scale_cam_image`, twice, as its
+    single-layer GradCAM); tests/test_explain.py checks they equal the library's for every backbone.
+    Used where one image must answer at once (the Predict page); the engine's galleries still use
+    `grad_cams` (the library), whose figures the H200 measurements were made with.
+    """
+    from pytorch_grad_cam.utils.image import scale_cam_image
+
+    model.eval()
+    captured: list[torch.Tensor] = []
+
+    def cut(_module, _inputs, output):
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf
+
+    handle = cam_layer(model, backbone).register_forward_hook(cut)
+    cams, probs = [], []
+    try:
+        for i in range(0, len(images_u8), batch_size):
+            x = normalize(to_input(images_u8[i : i + batch_size].to(device)))
+            captured.clear()
+            with torch.enable_grad():  # autograd.grad to the leaf alone: nothing before the cut is differentiated
+                logits = model(x)
+                rows = torch.arange(len(x), device=logits.device)
+                wanted = torch.as_tensor([int(t) for t in targets[i : i + batch_size]], device=logits.device)
+                (grads,) = torch.autograd.grad(logits[rows, wanted].sum(), captured[0])
+            activations = captured[0].detach().cpu().numpy()
+            weights = grads.mean(dim=(2, 3)).cpu().numpy()
+            cam = np.maximum((weights[:, :, None, None] * activations).sum(axis=1), 0)
+            cams.append(scale_cam_image(scale_cam_image(cam, (x.shape[-1], x.shape[-2]))))
+            probs.append(torch.softmax(logits.detach().float(), dim=1).cpu().numpy())
+    finally:
+        handle.remove()
+    if not cams:
+        return np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return np.concatenate(cams).astype(np.float32), np.concatenate(probs)
+
+
 def localisation(cam: np.ndarray, mask: np.ndarray, *, cell_px: int) -> dict:
     """Pointing game and energy inside the lesion mask, each with its chance level, at the map's own resolution.
 

@@ -134,21 +134,32 @@ def check_resumable(store, run_id: str) -> dict:
     return run
 
 
-def unfinished_runs(store) -> list[dict]:
-    """Failed, cancelled and interrupted runs (newest first), with the folds they finished, for Resume buttons."""
+def unfinished_candidates(store) -> list[dict]:
+    """Runs not finished as the store has them (newest first), with the folds they finished: one query, no liveness check."""
     runs = store.query(
         "SELECT r.run_id, r.name, r.status, r.error, r.folds, r.pid, r.host, r.pid_start, r.created_at, "
         "(SELECT count(*) FROM folds f WHERE f.run_id = r.run_id AND f.status = 'finished') AS folds_done, "
         "(SELECT count(*) FROM folds f WHERE f.run_id = r.run_id AND f.status = 'diverged') AS diverged "
         "FROM runs r WHERE r.status IN ('failed', 'cancelled', 'interrupted', 'running', 'queued') ORDER BY r.created_at DESC")
+    return [] if runs.empty else runs.to_dict("records")
+
+
+def unfinished_from(candidates: list[dict]) -> list[dict]:
+    """The failed, cancelled and interrupted runs among `candidates`, a running one whose process is gone included."""
     out = []
-    for run in ([] if runs.empty else runs.to_dict("records")):
+    for stored in candidates:
+        run = dict(stored)  # the caller's rows (perhaps a cache's) stay as read
         run["status"] = effective_status(run)
         if run["status"] in UNFINISHED:
             run["error"] = _text(run.get("error")) or (INTERRUPTED_ERROR if run["status"] == "interrupted" else "")
             run["resumable"] = not run["diverged"]
             out.append(run)
     return out
+
+
+def unfinished_runs(store) -> list[dict]:
+    """Failed, cancelled and interrupted runs (newest first), with the folds they finished, for Resume buttons."""
+    return unfinished_from(unfinished_candidates(store))
 
 
 def _text(value) -> str:

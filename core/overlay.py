@@ -18,12 +18,15 @@ def colormap(values01: np.ndarray) -> np.ndarray:
     return ((1 - t) * _VIRIDIS[lo] + t * _VIRIDIS[hi]).astype(np.uint8)
 
 
+_LUT = colormap(np.arange(256) / 255.0)  # every uint8 level's colour: a gallery of 24 overlays looks up, not interpolates
+
+
 def overlay(gray_u8: np.ndarray, cam_u8: np.ndarray, *, opacity: float = 0.45) -> np.ndarray:
     """Blend a heat map (any size, uint8) over a grayscale image; the map is resized to the image with bilinear filtering."""
     size = gray_u8.shape[::-1]
-    cam = np.asarray(Image.fromarray(cam_u8).resize(size, Image.BILINEAR), dtype=float) / 255.0
-    base = np.repeat(gray_u8[..., None].astype(float), 3, axis=2)
-    return np.clip((1 - opacity) * base + opacity * colormap(cam), 0, 255).astype(np.uint8)
+    cam = np.asarray(Image.fromarray(cam_u8).resize(size, Image.BILINEAR), dtype=np.uint8)
+    base = gray_u8[..., None].astype(np.float32)
+    return np.clip((1 - opacity) * base + opacity * _LUT[cam].astype(np.float32), 0, 255).astype(np.uint8)
 
 
 def mask_outline(mask: np.ndarray) -> np.ndarray:

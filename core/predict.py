@@ -15,11 +15,10 @@ import torch
 
 from core import CxrError
 from core.data.decode import DecodeError, decode_bytes
-from core.explain import grad_cams
+from core.explain import cams_and_probs
 from core.models import build_model
 from core.records import RunRecord
 from core.store import Store
-from core.train import predict_probs
 
 
 @dataclass(frozen=True)
@@ -77,9 +76,10 @@ def predict_with(ensemble: Ensemble, data: bytes, *, threshold: float = 0.5) -> 
     x = torch.from_numpy(np.array(gray))[None]  # a writable copy (decoders may return read-only views)
     positive = run.positive_index
     probs, cams = [], []
-    for model in ensemble.models:
-        probs.append(float(predict_probs(model, x, ensemble.device)[0, positive]))
-        cams.append(grad_cams(model, run.config.backbone, x, [positive], ensemble.device)[0])
+    for model in ensemble.models:  # one forward pass per model gives its probability and its map
+        cam, prob = cams_and_probs(model, run.config.backbone, x, [positive], ensemble.device)
+        probs.append(float(prob[0, positive]))
+        cams.append(cam[0])
     mean = float(np.mean(probs))
     return Prediction(mean, probs, threshold, run.positive_class if mean >= threshold else run.negative_class, run.positive_class,
                       gray, np.mean(cams, axis=0), run.negative_class)

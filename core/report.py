@@ -7,17 +7,15 @@ per-fold AUCs are summarised as mean +- SD beside them.
 from __future__ import annotations
 
 import dataclasses
-
 import html
 import json
 
 import numpy as np
 
 from core import CxrError
-from sklearn.metrics import roc_auc_score
-
 from core.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
+from core.store import Store
 
 IN_SAMPLE = "pooled out-of-fold predictions of this run (chosen and evaluated on the same predictions: optimistic)"
 CROSS_FITTED = "for each fold, the other folds' out-of-fold predictions; applied to that fold (no image picks its own threshold)"
@@ -43,7 +41,6 @@ def operating_points(y: np.ndarray, s: np.ndarray, folds: np.ndarray, *, min_sen
         cross["threshold"] = float(np.mean(thresholds)) if thresholds else float("nan")
         points.append({"name": name + " (cross-fitted)", "chosen_on": CROSS_FITTED, **cross})
     return points
-from core.store import Store
 
 
 def per_fold_summary(y: np.ndarray, call: np.ndarray, folds: np.ndarray) -> dict:
@@ -60,9 +57,7 @@ def per_fold_summary(y: np.ndarray, call: np.ndarray, folds: np.ndarray) -> dict
 def roc_with_band(store: Store, run_id: str, *, n_boot: int = 500, seed: int = 0) -> dict:
     """Pooled ROC with a 95 % bootstrap band that resamples whole patients when the data set has patient ids."""
     run = store.run_record(run_id)
-    preds = store.predictions(run_id)
-    images = store.images(run.dataset_id)[["image_id", "group_id"]]
-    preds = preds.merge(images, on="image_id", how="left")
+    preds = store.scored(run)
     groups = preds["group_id"].to_numpy() if run.grouped else None
     y = preds["label_index"].to_numpy() == run.positive_index
     band = roc_band(y, preds["prob_positive"].to_numpy(dtype=float), groups=groups, n_boot=n_boot, seed=seed)
@@ -74,7 +69,7 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
     run = store.run_record(run_id)
     if run.status != "finished":
         raise CxrError(f"run {run_id} is {run.status}, not finished; report finished runs only")
-    preds = store.predictions(run_id)
+    preds = store.scored(run)
     classes = list(run.classes)
     pos = run.positive_index
     y = (preds["label_index"].to_numpy() == pos)
@@ -94,7 +89,9 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
     row["per_fold"] = per_fold_summary(y, call, preds["fold"].to_numpy())
     row["calibration"] = calibration(y, scores)
     if len(classes) > 2:
-        probs = np.array(preds["probs"].tolist())
+        from sklearn.metrics import roc_auc_score  # here only: importing sklearn costs the first page visit about 1.5 s
+
+        probs = np.array(store.predictions(run_id)["probs"].tolist())  # same order: by fold, then image
         labels = preds["label_index"].to_numpy()
         row["auc_one_vs_rest"] = {c: float(roc_auc_score(labels == k, probs[:, k])) for k, c in enumerate(classes) if 0 < (labels == k).sum() < len(labels)}
         row["auc_macro"] = float(np.mean(list(row["auc_one_vs_rest"].values())))

@@ -1,10 +1,12 @@
 """The DuckDB store at `<runs-dir>/runs.duckdb`: schema, migrations and every SQL statement of the project.
 
 Concurrency (../shared/ARCHITECTURE.md): a DuckDB file opened read-write by one process
-cannot be opened at all by another. So nobody holds a connection: every read and every
-write opens, works in one short transaction, and closes; a lock conflict is retried with
-back-off. Writers batch their rows (IterationBuffer) so a run opens the file every couple of
-seconds, not every iteration.
+cannot be opened at all by another. So nobody holds a connection for long: every write opens,
+works in one short transaction, and closes; a lock conflict is retried with back-off. Writers
+batch their rows (IterationBuffer) so a run opens the file every couple of seconds, not every
+iteration. A reader opens once per batch of reads (`Store.reading()`, e.g. one page's
+comparison): opening a 250 MB file costs about 30 ms, and a comparison of three runs reads 20
+times; the batch lasts well under the writers' lock timeout.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import duckdb
 import pandas as pd
 
 from core import CxrError
-from core.records import RunRecord
+from core.records import RunRecord, RunSummary
 
 SCHEMA_VERSION = 4
 DB_NAME = "runs.duckdb"
@@ -116,6 +118,8 @@ class Store:
     runs_dir: Path
     lock_timeout_s: float = 15.0
     _schema_ready: bool = field(default=False, repr=False)
+    _reader: duckdb.DuckDBPyConnection | None = field(default=None, repr=False)  # set inside reading()
+    _memo: dict | None = field(default=None, repr=False)  # reads kept for the batch inside reading(): nothing changes there
 
     def __post_init__(self) -> None:
         self.runs_dir = Path(self.runs_dir)
@@ -168,25 +172,84 @@ class Store:
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         """A read-only query; an absent store reads as empty (no runs yet)."""
-        if not self.path.exists():
-            return pd.DataFrame()
-        with self.connect(read_only=True) as con:
-            if not self._schema_ready and _stored_version(con) < SCHEMA_VERSION:
-                outdated = True
-            else:
-                outdated, self._schema_ready = False, True
-                try:
-                    return con.execute(sql, params or []).df()
-                except duckdb.CatalogException:
-                    return pd.DataFrame()  # a store created by a writer that has not made its tables yet
-        if outdated:  # a store written by an older version: bring it forward once, then read (pages read before anyone writes)
-            with self.transaction():
-                pass
-        with self.connect(read_only=True) as con:
+        with self._read_connection() as con:
+            if con is None:
+                return pd.DataFrame()
             try:
                 return con.execute(sql, params or []).df()
             except duckdb.CatalogException:
                 return pd.DataFrame()  # a store created by a writer that has not made its tables yet
+
+    def rows(self, sql: str, params: list | None = None) -> list[tuple]:
+        """Like query, as plain tuples: for listings of thousands of runs, where building a DataFrame costs more than the read."""
+        with self._read_connection() as con:
+            if con is None:
+                return []
+            try:
+                return con.execute(sql, params or []).fetchall()
+            except duckdb.CatalogException:
+                return []
+
+    @contextmanager
+    def reading(self) -> Iterator["Store"]:
+        """Every read inside shares one read-only connection (opened here, closed on leaving); nested calls share the outer one.
+
+        No write may happen inside: DuckDB refuses a read-write connection beside a read-only one in the same process.
+        """
+        if self._reader is not None:
+            yield self
+            return
+        with self._read_connection() as con:
+            self._reader, self._memo = con, {}
+            try:
+                yield self
+            finally:
+                self._reader, self._memo = None, None
+
+    def _once(self, key: tuple, read):
+        """`read()` once per batch inside reading() (a report asks for the same run's record several times); else every call."""
+        if self._memo is None:
+            return read()
+        if key not in self._memo:
+            self._memo[key] = read()
+        return self._memo[key]
+
+    @contextmanager
+    def _read_connection(self) -> Iterator[duckdb.DuckDBPyConnection | None]:
+        """The batch's connection inside reading(), else a fresh read-only one; None when there is no store file yet.
+
+        A store written by an older version is brought forward once first (pages read before anyone writes).
+        """
+        if self._reader is not None:
+            yield self._reader
+            return
+        if not self.path.exists():
+            yield None
+            return
+        with self.connect(read_only=True) as con:
+            if self._schema_ready or _stored_version(con) >= SCHEMA_VERSION:
+                self._schema_ready = True
+                yield con
+                return
+        with self.transaction():
+            pass
+        with self.connect(read_only=True) as con:
+            yield con
+
+    def version(self) -> tuple[int, ...]:
+        """Changes whenever a write commits (the file or its write-ahead log changes): a cache key for what was read.
+
+        A stat of two files, no connection: a page can ask on every rerun.
+        """
+        out: list[int] = []
+        for file in (self.path, self.path.with_name(self.path.name + ".wal")):
+            try:
+                stat = file.stat()
+            except FileNotFoundError:
+                out += [0, 0]
+            else:
+                out += [stat.st_mtime_ns, stat.st_size]
+        return tuple(out)
 
     def ensure_writable(self) -> None:
         """Create the runs folder or say, as a CxrError, why it cannot be written (called before any long work)."""
@@ -305,7 +368,13 @@ class Store:
         df = self.query(f"SELECT {', '.join(RunRecord.COLUMNS)} FROM runs{where} ORDER BY created_at DESC", params)
         return [RunRecord.from_row(row) for row in df.to_dict("records")]
 
-    def fold_model_files(self, run: RunRecord) -> list[Path]:
+    def run_summaries(self, *, status: str | None = None) -> list[RunSummary]:
+        """Every run, or those with `status`, newest first, as a list shows them: one light query whatever the store holds."""
+        where, params = (" WHERE status = ?", [status]) if status else ("", [])
+        rows = self.rows(f"SELECT {', '.join(RunSummary.COLUMNS)} FROM runs{where} ORDER BY created_at DESC", params)
+        return [RunSummary.from_tuple(row) for row in rows]
+
+    def fold_model_files(self, run: RunRecord | RunSummary) -> list[Path]:
         """The run's saved fold models (save_models=true), or [] when any is missing; stops at the first missing file."""
         files = []
         for k in range(run.folds):
@@ -316,10 +385,20 @@ class Store:
         return files
 
     def run_record(self, run_id: str) -> RunRecord:
-        df = self.query(f"SELECT {', '.join(RunRecord.COLUMNS)} FROM runs WHERE run_id = ?", [run_id])
-        if df.empty:
+        rows = self._once(("run_record", run_id), lambda: self.rows(f"SELECT {', '.join(RunRecord.COLUMNS)} FROM runs WHERE run_id = ?",
+                                                                    [run_id]))
+        if not rows:
             raise CxrError(f"no run {run_id!r} in {self.path}")
-        return RunRecord.from_row(df.iloc[0].to_dict())
+        return RunRecord.from_row(dict(zip(RunRecord.COLUMNS, rows[0])))
+
+    def scored(self, run: RunRecord) -> pd.DataFrame:
+        """The run's out-of-fold predictions without the per-class probabilities, each with its image's patient (group_id):
+        what every statistic of a binary call needs, in one query (sorted by fold, then image)."""
+        frame = self._once(("scored", run.run_id), lambda: self.query(
+            "SELECT p.image_id, p.fold, p.label_index, p.pred_index, p.prob_positive, i.group_id FROM predictions p "
+            "LEFT JOIN images i ON i.dataset_id = ? AND i.image_id = p.image_id WHERE p.run_id = ? ORDER BY p.fold, p.image_id",
+            [run.dataset_id, run.run_id]))
+        return frame.copy() if self._memo is not None else frame
 
     def run(self, run_id: str) -> dict:
         df = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])

@@ -9,13 +9,41 @@ import plotly.express as px
 import streamlit as st
 
 from core import CxrError
-from core.dashboard import data_overview
-from core.figures import OKABE_ITO, TEMPLATE
+from core.dashboard import data_overview, fold_preview
+from core.figures import OKABE_ITO
 from core.safety import DEMO_NOTICE, check_data_path, demo_mode
 from pages import page_setup
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
+
+@st.fragment
+def fold_section(d: dict) -> None:
+    """The fold preview and its settings: changing them reruns this part alone (the images are not read again)."""
+    st.markdown("**Fold assignment (preview)**")
+    c1, c2, c3 = st.columns(3)
+    folds = c1.number_input("Folds", 2, 50, 10, key="data_folds")
+    seed = c2.number_input("Seed", 0, 10**6, 0, key="data_seed")
+    grouped = c3.checkbox("Keep each patient in one fold", True, key="data_grouped",
+                          help="Turning this off lets a patient's images sit in training and test folds: results would be optimistic.")
+    preview = fold_preview(d, folds=int(folds), seed=int(seed), group_by_patient=grouped)
+    how = ("your fold column" if d["user_folds"] else "grouped by patient" if d["patients"] is not None and grouped
+           else "images split independently")
+    st.caption(f"Split: {how}.")
+    if preview["fold_error"]:
+        st.error(preview["fold_error"])
+    else:
+        st.dataframe(preview["folds"])
+    audit = preview["audit"]
+    if audit is not None:  # the check the engine repeats before training
+        if audit.status == "clean":
+            st.success(f"Leakage audit: {audit.message}.")
+        elif audit.status == "leaks":
+            st.error(f"Leakage audit: {audit.message}. A run with this split refuses to start unless grouping is turned off "
+                     "on purpose (group_by_patient=false); it is then marked as leaking.")
+        else:
+            st.warning(f"Leakage audit {audit.message}.")
+
 
 page_setup("Data")
 st.title("Data")
@@ -38,11 +66,6 @@ if kind == "csv":
                "group_column": c3.text_input("Patient column (optional)", "", key="data_groupcol"),
                "positive_labels": c4.text_input("Positive label value(s), comma-separated (optional)", "", key="data_pos")}
     options["fold_column"] = st.text_input("Your own fold column (optional; audited for patient leakage)", "", key="data_foldcol")
-c1, c2, c3 = st.columns(3)
-folds = c1.number_input("Folds (preview)", 2, 50, 10, key="data_folds")
-seed = c2.number_input("Seed", 0, 10**6, 0, key="data_seed")
-grouped = c3.checkbox("Keep each patient in one fold", True, key="data_grouped",
-                      help="Turning this off lets a patient's images sit in training and test folds: results would be optimistic.")
 if not path:
     st.info("Enter a path to look at a data set.")
     st.stop()
@@ -50,7 +73,7 @@ bar = st.progress(0.0, text="Reading images (decoded once, then cached)...")
 try:
     if typed:
         check_data_path(path)
-    d = data_overview(RUNS_DIR, data=path, source=kind, folds=int(folds), seed=int(seed), group_by_patient=grouped,
+    d = data_overview(RUNS_DIR, data=path, source=kind, with_preview=False,
                       progress=lambda done, total: bar.progress(done / total, text=f"Reading images: {done} of {total}"), **options)
 except CxrError as exc:
     bar.empty()
@@ -71,26 +94,11 @@ for label, images in d["samples"].items():
     st.image(images, width=110)
 
 left, right = st.columns(2)
-fig = px.bar(d["balance"], x="class", y="images", color="class", color_discrete_sequence=OKABE_ITO, template=TEMPLATE,
+fig = px.bar(d["balance"], x="class", y="images", color="class", color_discrete_sequence=OKABE_ITO,
              title="Class balance", labels={"images": "images (count)", "class": "class"})
 left.plotly_chart(fig, width="stretch")
 with right:
-    how = ("your fold column" if d["user_folds"] else "grouped by patient" if d["patients"] is not None and grouped
-           else "images split independently")
-    st.markdown(f"**Fold assignment (preview)**: {how}")
-    if d["fold_error"]:
-        st.error(d["fold_error"])
-    else:
-        st.dataframe(d["folds"])
-    audit = d["audit"]
-    if audit is not None:  # the check the engine repeats before training
-        if audit.status == "clean":
-            st.success(f"Leakage audit: {audit.message}.")
-        elif audit.status == "leaks":
-            st.error(f"Leakage audit: {audit.message}. A run with this split refuses to start unless grouping is turned off "
-                     "on purpose (group_by_patient=false); it is then marked as leaking.")
-        else:
-            st.warning(f"Leakage audit {audit.message}.")
+    fold_section(d)
 
 if d["flow"] is not None:
     st.subheader("Cohort flow")

@@ -15,11 +15,11 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.dashboard import (delete_run, disk_used, fold_table, run_detail, run_options, run_record, threshold_rates, unfinished_runs,
-                            update_run_labels)
+from core.dashboard import delete_run, disk_used, fold_table, run_detail, threshold_rates, update_run_labels
 from core.jobs import start_resume
 from core.safety import demo_mode
 from pages import page_setup
+from pages.ui.cached import finished_runs, run_record, unfinished_runs
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
@@ -30,10 +30,10 @@ def detail(runs_dir: str, run_id: str, version: tuple) -> dict:
 
 
 @st.fragment
-def threshold_section(run_id: str) -> None:
+def threshold_section(d: dict) -> None:
     st.subheader("Threshold")
     threshold = st.slider("Call positive when the probability is at least", 0.0, 1.0, 0.5, 0.01, key="runs_threshold")
-    rates = threshold_rates(RUNS_DIR, run_id, threshold)
+    rates = threshold_rates(d, threshold)
     st.dataframe(pd.DataFrame([
         {"measure": name, "value %": round(100 * rates[name], 1),
          "95 % CI (Wilson)": f"{100 * rates[name + '_ci_low']:.1f}-{100 * rates[name + '_ci_high']:.1f}"}
@@ -58,7 +58,7 @@ def unfinished_section() -> None:
     runs = unfinished_runs(RUNS_DIR)
     if not runs:
         return
-    with st.expander(f"Unfinished runs ({len(runs)})", expanded=not run_options(RUNS_DIR)):
+    with st.expander(f"Unfinished runs ({len(runs)})", expanded=not finished_runs(RUNS_DIR)):
         for run in runs:
             left, right = st.columns([4, 1])
             left.markdown(f"**{run['name'] or run['run_id']}** · {run['status']} · {run['folds_done']} of {run['folds']} folds finished")
@@ -79,7 +79,7 @@ def unfinished_section() -> None:
 
 
 unfinished_section()
-options = run_options(RUNS_DIR)
+options = finished_runs(RUNS_DIR)
 if not options:
     st.info("No finished run yet. Start one: `python -m core run --preset quick --data data/demo`.")
     st.stop()
@@ -125,7 +125,7 @@ if picked:  # a click on a cell (or its button) opens those images in the galler
 ops = [p for p in row["operating_points"] if "cross-fitted" not in p["name"]]
 right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], row["auc_ci_high"]), points=ops), width="stretch")
 
-threshold_section(run_id)
+threshold_section(d)
 
 st.subheader("Folds")
 st.dataframe(fold_table(d["folds"]), hide_index=True, width="stretch", column_config={"AUC": st.column_config.NumberColumn(format="%.3f")})

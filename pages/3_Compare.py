@@ -13,8 +13,9 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.dashboard import comparison, run_options, sweep_options, sweep_runs
+from core.dashboard import comparison
 from pages import page_setup
+from pages.ui.cached import finished_runs, sweep_runs, sweeps as sweep_options
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
@@ -34,7 +35,7 @@ def curves_section(training) -> None:
 page_setup("Compare")
 st.title("Compare runs")
 
-runs = run_options(RUNS_DIR)
+runs = finished_runs(RUNS_DIR)
 sweeps = sweep_options(RUNS_DIR)
 mode = st.radio("Compare", ["a sweep", "chosen runs"] if sweeps else ["chosen runs"], horizontal=True, key="compare_mode")
 if mode == "a sweep":

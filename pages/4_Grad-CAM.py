@@ -12,9 +12,10 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
-from core.dashboard import cams_for, gallery, run_options, run_record
+from core.dashboard import cams_for, gallery
 from core.overlay import mask_outline, overlay
 from pages import page_setup
+from pages.ui.cached import finished_runs, run_record
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 OUTCOMES = ["TP", "FP", "FN", "TN"]
@@ -22,7 +23,7 @@ OUTCOMES = ["TP", "FP", "FN", "TN"]
 page_setup("Grad-CAM")
 st.title("Grad-CAM gallery")
 
-options = run_options(RUNS_DIR)
+options = finished_runs(RUNS_DIR)
 if not options:
     st.info("No finished run yet. Start one: `python -m core run --preset quick --data data/demo`.")
     st.stop()

@@ -14,9 +14,10 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
-from core.dashboard import dataset_images, predictable_runs
+from core.dashboard import dataset_images
 from core.overlay import overlay
 from pages import page_setup
+from pages.ui.cached import predictable_runs
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 

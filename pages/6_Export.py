@@ -8,9 +8,9 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
-from core.dashboard import run_options
 from core.export import comparison_report_html
 from pages import page_setup
+from pages.ui.cached import finished_runs
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
@@ -19,7 +19,7 @@ st.title("Export a report")
 st.caption("One HTML file with the tables (intervals, DeLong p-values), the figures, the data summary, the configuration and "
            "Grad-CAM examples. It opens in any browser without this server or the internet.")
 
-options = run_options(RUNS_DIR)
+options = finished_runs(RUNS_DIR)
 if not options:
     st.info("No finished run yet. Start one: `python -m core run --preset quick --data data/demo`.")
     st.stop()

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.explain import cam_layer, grad_cams, localisation, pick_for_gallery
-from core.models import build_model
+from core.explain import cam_layer, cams_and_probs, grad_cams, localisation, pick_for_gallery
+from core.models import BACKBONES, build_model
+from core.train import predict_probs
 
 
 def test_resnets_use_the_last_block_of_layer4():
@@ -42,6 +43,22 @@ def test_cams_are_aligned_with_the_image_not_flipped_or_shifted(monkeypatch):
     outside = np.ones((16, 16), bool)
     outside[2:5, 10:14] = False
     assert cams[0][outside].max() < 0.1
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_the_one_pass_maps_and_probabilities_equal_the_librarys_and_a_plain_forward(backbone):
+    """cams_and_probs (the Predict page's path) differentiates only what follows the target layer; its maps must
+    still be pytorch-grad-cam's, and its probabilities those of an ordinary forward pass; the model is left as it was."""
+    torch.manual_seed(0)
+    model, _ = build_model(backbone, 3, "none")
+    images = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
+    targets = [2, 0, 1]
+    maps, probs = cams_and_probs(model, backbone, images, targets, torch.device("cpu"), batch_size=2)
+    assert maps.shape == (3, 64, 64) and maps.dtype == np.float32
+    assert all(p.requires_grad and p.grad is None for p in model.parameters())  # no weight gradient was computed
+    assert not cam_layer(model, backbone)._forward_hooks  # its hook is gone
+    np.testing.assert_allclose(maps, grad_cams(model, backbone, images, targets, torch.device("cpu")), atol=1e-4)  # float dust of batching
+    np.testing.assert_allclose(probs, predict_probs(model, images, torch.device("cpu")), atol=1e-5)
 
 
 def test_localisation_scores_and_chance_levels():

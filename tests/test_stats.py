@@ -80,3 +80,32 @@ def test_roc_band_contains_the_curve_and_resamples_patients():
     band = roc_band(y, s, groups=groups, n_boot=200, seed=0)
     assert ((band["low"] <= band["tpr"] + 1e-9) & (band["tpr"] <= band["high"] + 1e-9)).mean() > 0.95
     assert band["fpr"][0] == 0 and band["fpr"][-1] == 1
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_our_roc_curve_is_scikit_learns(seed):
+    """core.stats.roc_curve replaces sklearn's in hot loops (operating points, bootstrap bands): the same points and thresholds,
+    ties and corner-dropping included."""
+    from sklearn.metrics import roc_curve as sk_roc_curve
+
+    from core.stats import roc_curve
+
+    rng = np.random.default_rng(seed)
+    n = [7, 50, 400, 1000, 33, 200][seed]
+    y = rng.random(n) < 0.4
+    y[0], y[1] = True, False
+    s = np.round(rng.random(n), [1, 2, 3, 6, 1, 2][seed])  # coarse rounding: many tied scores
+    for scores in (s, np.ones(n), np.where(np.arange(n) % 2, 0.3, 0.7)):  # and one or two distinct scores
+        for ours, theirs in zip(roc_curve(y, scores), sk_roc_curve(y, scores)):
+            np.testing.assert_array_equal(ours, theirs)
+
+
+def test_mid_ranks_are_scipys():
+    """DeLong's placements need mid-ranks; core.stats computes them with numpy (scipy.stats costs seconds to import)."""
+    from scipy.stats import rankdata as scipy_rankdata
+
+    from core.stats import rankdata
+
+    rng = np.random.default_rng(3)
+    for x in (rng.random(50), np.round(rng.random(200), 1), np.ones(5), np.array([2.0]), np.array([3, 1, 2, 1, 3, 3])):
+        np.testing.assert_array_equal(rankdata(x), scipy_rankdata(x))
