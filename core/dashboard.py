@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.sources import DEMO_MARKER
-from core.records import RunRecord
+from core.records import RunRecord, RunSummary
 from core.store import Store
 
 
@@ -30,34 +30,26 @@ def make_demo(folder: Path, *, n_per_class: int = 200, size: int = 256, seed: in
     return make_demo_dataset(folder, n_per_class=n_per_class, size=size, seed=seed)
 
 
-def runs_table(runs_dir: Path) -> pd.DataFrame:
-    """The runs list as shown on the home page: readable column names, percentages for the metrics (one query)."""
+def stored_runs(runs_dir: Path) -> pd.DataFrame:
+    """Every run with its metrics (fractions) and who runs it, newest first, as the store has them: one query, cacheable
+    until the store changes."""
+    return Store(Path(runs_dir)).runs_overview()
+
+
+def runs_overview(runs_dir: Path, stored: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Every run with its metrics and the status it has now: a running run whose process is gone reads 'interrupted'.
+
+    `stored`: `stored_runs`' frame when the caller keeps it; liveness is checked now, for active runs only.
+    """
     from core.lifecycle import effective_status
 
-    records = Store(Path(runs_dir)).run_records()
-    if not records:
-        return pd.DataFrame()
-
-    def percent(values: list[float | None], digits: int) -> pd.Series:
-        return (pd.Series(values, dtype="float64") * 100).round(digits)
-
-    return pd.DataFrame({
-        "run": [r.run_id for r in records],
-        "name": [r.name if r.name != r.run_id else "" for r in records],
-        "status": [effective_status(r.owner) for r in records],
-        "preset": [r.preset for r in records],
-        "data": ["synthetic demo" if r.synthetic else "user data" for r in records],
-        "images": [r.n_images for r in records],
-        "folds": [r.folds for r in records],
-        "AUC % (pooled)": percent([r.auc for r in records], 2),
-        "accuracy %": percent([r.accuracy for r in records], 1),
-        "sensitivity %": percent([r.sensitivity for r in records], 1),
-        "specificity %": percent([r.specificity for r in records], 1),
-        "training s": pd.Series([r.train_seconds for r in records], dtype="float64").round(1),
-        "weights": [r.weights_used for r in records],
-        "device": [r.device for r in records],
-        "started": [r.created_at for r in records],
-    })
+    runs = (stored_runs(runs_dir) if stored is None else stored).copy()
+    if runs.empty:
+        return runs
+    active = runs["status"].isin(["running", "queued"])
+    if active.any():
+        runs.loc[active, "status"] = [effective_status(r) for r in runs.loc[active, ["status", "pid", "host", "pid_start"]].to_dict("records")]
+    return runs.drop(columns=["pid", "host", "pid_start"])
 
 
 def store_version(runs_dir: Path) -> tuple[int, ...]:
@@ -65,9 +57,9 @@ def store_version(runs_dir: Path) -> tuple[int, ...]:
     return Store(Path(runs_dir)).version()
 
 
-def run_options(runs_dir: Path) -> dict[str, str]:
-    """Finished runs as {run_id: label} for a select box, newest first (one query)."""
-    return {r.run_id: r.label for r in Store(Path(runs_dir)).run_summaries(status="finished")}
+def finished_runs(runs_dir: Path) -> list[RunSummary]:
+    """The finished runs, newest first, to choose among (one light query)."""
+    return Store(Path(runs_dir)).run_summaries(status="finished")
 
 
 def run_record(runs_dir: Path, run_id: str) -> RunRecord:
@@ -121,26 +113,6 @@ def with_fold_auc_ci(store: Store, run_id: str, folds: pd.DataFrame, run: RunRec
         else:  # a fold with one class has no AUC interval
             low.append(np.nan), high.append(np.nan)
     return folds.assign(auc_ci_low=low, auc_ci_high=high)
-
-
-def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
-    """The folds as shown on the Runs page: numbered from 1 as in the plots, percentages like the run's metrics,
-    and each fold's AUC with its 95 % DeLong interval in words (a reviewer reads the table, not only the plot)."""
-    def interval(low: float, high: float) -> str:
-        return "" if pd.isna(low) else f"{low:.3f}-{high:.3f}"
-
-    return pd.DataFrame({
-        "fold": folds["fold"] + 1,
-        "train images": folds["n_train"],
-        "test images": folds["n_test"],
-        "iterations": folds["iterations"],
-        "AUC": folds["auc"].round(3),
-        "AUC 95 % CI (DeLong)": [interval(lo, hi) for lo, hi in zip(folds["auc_ci_low"], folds["auc_ci_high"])],
-        "accuracy %": (folds["accuracy"] * 100).round(1),
-        "sensitivity %": (folds["sensitivity"] * 100).round(1),
-        "specificity %": (folds["specificity"] * 100).round(1),
-        "training s": folds["train_seconds"].round(1),
-    })
 
 
 def threshold_rates(detail: dict, threshold: float) -> dict:
@@ -337,8 +309,7 @@ def sweep_progress(runs_dir: Path, sweep_id: str, n_runs: int) -> dict:
         status = str(runs.loc[runs["status"].isin(["failed", "cancelled"]), "status"].iloc[-1])
     else:
         status = "interrupted" if len(current) else "starting"
-    table = runs.assign(**{"AUC (pooled)": runs["auc"].round(3), "training s": runs["train_seconds"].round(1)})[
-        ["name", "status", "AUC (pooled)", "training s"]]
+    table = runs[["name", "status", "auc", "train_seconds"]]
     return {"status": status, "done": done, "total": n_runs, "table": table,
             "current": str(current["run_id"].iloc[0]) if alive else None, "log": log_tail(runs_dir, sweep_id)}
 
@@ -418,11 +389,11 @@ def fold_preview(overview: dict, *, folds: int, seed: int, group_by_patient: boo
         return {"folds": pd.DataFrame(), "fold_error": str(exc), "audit": None}
 
 
-def predictable_runs(runs_dir: Path) -> dict[str, str]:
+def predictable_runs(runs_dir: Path) -> list[RunSummary]:
     """Finished runs that kept their fold models (save_models=true), for the Predict page: one query, then a file check
     per run that stops at its first missing model (it opened the store once per run before: 55 s for 2,500 runs)."""
     store = Store(Path(runs_dir))
-    return {r.run_id: r.label for r in store.run_summaries(status="finished") if store.fold_model_files(r)}
+    return [r for r in store.run_summaries(status="finished") if store.fold_model_files(r)]
 
 
 def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, str]:

@@ -52,12 +52,6 @@ def config_from_json(text: str | None) -> RunConfig:
     return RunConfig.from_dict({k: v for k, v in values.items() if k in known})
 
 
-def run_label(name: str, auc: float | None, preset: str) -> str:
-    """How a select box names a run: its name, AUC and preset."""
-    score = f" · AUC {auc:.3f}" if auc is not None else ""
-    return f"{name}{score} · {preset or 'custom'}"
-
-
 @dataclass(frozen=True)
 class RunSummary:
     """A run as a list of runs shows it: enough to name, choose and filter it.
@@ -84,10 +78,6 @@ class RunSummary:
         return cls(run_id=v["run_id"], name=v["name"] or v["run_id"], status=v["status"] or "", preset=v["preset"] or "",
                    auc=_number(v["auc"]), folds=int(v["folds"] or 0), sweep_id=v["sweep_id"], created_at=v["created_at"],
                    tags=v["tags"] or "")
-
-    @property
-    def label(self) -> str:
-        return run_label(self.name, self.auc, self.preset)
 
 
 @dataclass(frozen=True)
@@ -174,10 +164,6 @@ class RunRecord:
     @property
     def negative_class(self) -> str:
         return negative_class(self.classes, self.positive_class)
-
-    @property
-    def label(self) -> str:
-        return run_label(self.name, self.auc, self.preset)
 
     @property
     def owner(self) -> dict:

@@ -368,6 +368,13 @@ class Store:
         df = self.query(f"SELECT {', '.join(RunRecord.COLUMNS)} FROM runs{where} ORDER BY created_at DESC", params)
         return [RunRecord.from_row(row) for row in df.to_dict("records")]
 
+    def runs_overview(self) -> pd.DataFrame:
+        """Every run with what a table of runs shows (metrics as fractions) and who runs it, newest first."""
+        return self.query(
+            "SELECT run_id, coalesce(name, run_id) AS name, status, coalesce(preset, '') AS preset, coalesce(tags, '') AS tags, sweep_id, "
+            "dataset_id, synthetic, n_images, folds, auc, accuracy, sensitivity, specificity, train_seconds, weights_used, device, "
+            "created_at, pid, host, pid_start FROM runs ORDER BY created_at DESC")
+
     def run_summaries(self, *, status: str | None = None) -> list[RunSummary]:
         """Every run, or those with `status`, newest first, as a list shows them: one light query whatever the store holds."""
         where, params = (" WHERE status = ?", [status]) if status else ("", [])

@@ -21,6 +21,7 @@ from core.lifecycle import UNFINISHED
 from core.safety import DEMO_NOTICE, check_data_path, demo_mode
 from core.sweep import parse_grid
 from pages import page_setup
+from pages.ui import display
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
@@ -132,7 +133,7 @@ def live_sweep(sweep_id: str, n_runs: int) -> None:
     st.subheader(f"Sweep {sweep_id}: {s['status']}, {s['done']} of {s['total']} runs finished")
     st.progress(s["done"] / s["total"], text=f"{s['done']} of {s['total']} runs")
     if not s["table"].empty:
-        st.dataframe(s["table"], hide_index=True)
+        st.dataframe(display.sweep_table(s["table"]), hide_index=True)
     if s["status"] in ("failed", "cancelled", "interrupted") or (s["status"] == "starting" and s["log"]):
         st.code(s["log"] or "(no log)")
     if s["status"] == "finished":

@@ -15,10 +15,11 @@ import streamlit as st
 
 from core import CxrError
 from core import figures
-from core.dashboard import delete_run, disk_used, fold_table, run_detail, threshold_rates, update_run_labels
+from core.dashboard import delete_run, disk_used, run_detail, threshold_rates, update_run_labels
 from core.jobs import start_resume
 from core.safety import demo_mode
 from pages import page_setup
+from pages.ui import display
 from pages.ui.cached import finished_runs, run_record, unfinished_runs
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
@@ -33,12 +34,7 @@ def detail(runs_dir: str, run_id: str, version: tuple) -> dict:
 def threshold_section(d: dict) -> None:
     st.subheader("Threshold")
     threshold = st.slider("Call positive when the probability is at least", 0.0, 1.0, 0.5, 0.01, key="runs_threshold")
-    rates = threshold_rates(d, threshold)
-    st.dataframe(pd.DataFrame([
-        {"measure": name, "value %": round(100 * rates[name], 1),
-         "95 % CI (Wilson)": f"{100 * rates[name + '_ci_low']:.1f}-{100 * rates[name + '_ci_high']:.1f}"}
-        for name in ("sensitivity", "specificity", "ppv", "npv", "accuracy")
-    ]), hide_index=True)
+    st.dataframe(display.rates_table(threshold_rates(d, threshold)), hide_index=True)
 
 
 @st.fragment
@@ -102,11 +98,11 @@ if run.weights_used.startswith("none"):
 st.caption(f"Computed on {run.device}; torch {run.torch_version}; code {run.code_version}.")
 
 cols = st.columns(5)
-cols[0].metric("AUC (pooled)", f"{row['auc']:.3f}", help=f"95 % DeLong CI {row['auc_ci_low']:.3f}-{row['auc_ci_high']:.3f}")
-cols[1].metric("AUC (mean of folds)", f"{row['auc_mean_folds']:.3f}", help=f"SD {row['auc_sd_folds']:.3f}")
-cols[2].metric("Accuracy", f"{100 * row['accuracy']:.1f} %")
-cols[3].metric("Sensitivity", f"{100 * row['sensitivity']:.1f} %")
-cols[4].metric("Specificity", f"{100 * row['specificity']:.1f} %")
+cols[0].metric("AUC (pooled)", display.auc(row["auc"]), help=f"95 % DeLong CI {display.interval(row['auc_ci_low'], row['auc_ci_high'], 2)}")
+cols[1].metric("AUC (mean of folds)", display.auc(row["auc_mean_folds"]), help=f"SD {display.pct(row['auc_sd_folds'], 2)}")
+cols[2].metric("Accuracy", display.pct(row["accuracy"]))
+cols[3].metric("Sensitivity", display.pct(row["sensitivity"]))
+cols[4].metric("Specificity", display.pct(row["specificity"]))
 st.caption("Pooled = all out-of-fold predictions in one ROC, as the study reports; the mean of per-fold AUCs is usually higher.")
 
 left, right = st.columns(2)
@@ -128,7 +124,7 @@ right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], 
 threshold_section(d)
 
 st.subheader("Folds")
-st.dataframe(fold_table(d["folds"]), hide_index=True, width="stretch", column_config={"AUC": st.column_config.NumberColumn(format="%.3f")})
+st.dataframe(display.fold_table(d["folds"]), hide_index=True, width="stretch")
 left, right = st.columns(2)
 left.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), width="stretch")
 right.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), width="stretch")

@@ -15,6 +15,7 @@ from core import CxrError
 from core import figures
 from core.dashboard import comparison
 from pages import page_setup
+from pages.ui import display
 from pages.ui.cached import finished_runs, sweep_runs, sweeps as sweep_options
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
@@ -58,7 +59,7 @@ st.subheader("Table 3")
 st.caption("Pooled out-of-fold predictions; Wilson intervals for proportions, DeLong for AUC; "
            "p: paired DeLong test against the first row on the same images, Holm-adjusted.")
 table = c["table"].set_index("run")
-st.dataframe(table.style.set_properties(subset=c["varies"], **{"background-color": "#3b3b1e", "font-weight": "bold"}) if c["varies"] else table)
+st.dataframe(table.style.set_properties(subset=c["varies"], **display.HIGHLIGHT) if c["varies"] else table)
 if c["varies"]:
     st.caption(f"Settings that differ between these runs (highlighted): {', '.join(c['varies'])}")
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.dashboard import demo_summary, environment, make_demo, runs_table, start_quick_demo
+from core.dashboard import demo_summary, environment, make_demo, start_quick_demo
 from core.safety import DEMO_NOTICE, demo_mode
 from pages import page_setup
+from pages.ui import display
+from pages.ui.cached import runs_overview
 
 DEMO_DIR = Path(os.environ.get("CXR_DEMO_DIR", "data/demo"))
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
@@ -56,8 +58,8 @@ else:
         st.page_link("pages/1_Train.py", label="Watch it train")
 
 st.subheader("Runs")
-runs = runs_table(RUNS_DIR)
+runs = runs_overview(RUNS_DIR)
 if runs.empty:
     st.info("No runs yet. Start one from the command line (above); it appears here when it starts.")
 else:
-    st.dataframe(runs, hide_index=True, width="stretch")
+    st.dataframe(display.runs_table(runs), hide_index=True, width="stretch")

@@ -31,23 +31,24 @@ def test_runs_page_shows_the_run_metrics_folds_and_threshold_rates(finished_run,
     at = AppTest.from_file(str(PAGES / "2_Runs.py"), default_timeout=120).run()
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
-    assert metrics["AUC (pooled)"] == f"{result.metrics['auc']:.3f}"
+    assert metrics["AUC (pooled)"] == f"{100 * result.metrics['auc']:.2f} %"  # the study's unit, as Table 3
     assert metrics["Accuracy"] == f"{100 * result.metrics['accuracy']:.1f} %"
     # how it was computed (what precision=auto became, folds at once) is shown with the results
     assert any("Computed on cpu" in c.value and "1 fold at a time" in c.value for c in at.caption)
     tables = [df.value for df in at.dataframe]
     rates = next(t for t in tables if "measure" in t.columns)
-    assert rates["measure"].tolist() == ["sensitivity", "specificity", "ppv", "npv", "accuracy"]
+    assert rates["measure"].tolist() == ["sensitivity", "specificity", "PPV (positive predictive value)",
+                                         "NPV (negative predictive value)", "accuracy"]
     folds = next(t for t in tables if "fold" in t.columns)
     assert folds["fold"].tolist() == [1, 2, 3]  # numbered from 1, as in the plots
     stored = store.folds(result.run_id)
     assert folds["accuracy %"].tolist() == (stored["accuracy"] * 100).round(1).tolist()  # percentages, like the run's metrics
-    for ci, auc in zip(folds["AUC 95 % CI (DeLong)"], folds["AUC"]):  # "low-high" around the fold's AUC ("" for a one-class fold)
-        assert ci == "" or float(ci.split("-")[0]) <= auc <= float(ci.split("-")[1])
+    for ci, auc in zip(folds["AUC 95 % CI (DeLong)"], folds["AUC %"]):  # "low-high %" around the fold's AUC ("" for a one-class fold)
+        assert ci == "" or float(ci.split("-")[0]) <= auc <= float(ci.split("-")[1].rstrip(" %"))
     # moving the threshold to 1.0 calls (almost) nothing positive: sensitivity drops to the share scored exactly 1
     at.slider(key="runs_threshold").set_value(1.0).run()
     rates_after = next(df.value for df in at.dataframe if "measure" in df.value.columns)
-    assert rates_after.set_index("measure").loc["specificity", "value %"] == 100.0
+    assert rates_after.set_index("measure").loc["specificity", "value"] == "100.0 %"
 
 
 def test_runs_page_without_runs_says_how_to_start_one(tmp_path, monkeypatch):

@@ -39,7 +39,9 @@ def test_a_run_record_carries_its_typed_config_and_derived_facts(tmp_path):
     assert record.classes == ("Normal", "Effusion") and record.positive_index == 1 and record.negative_class == "Normal"
     assert record.auc == pytest.approx(0.5) and record.train_seconds is None  # NULL reads as None, never NaN
     assert record.error is None and record.tags == "" and record.synthetic is True
-    assert record.label == "run 0 · AUC 0.500 · quick"
+    from pages.ui.display import run_label
+
+    assert run_label(record) == run_label(store.run_summaries()[0]) == "run 0 · AUC 50.00 % · quick"
 
 
 def test_the_negative_class_has_one_name_everywhere():
@@ -69,7 +71,7 @@ def _connections(monkeypatch) -> list[str]:
 @pytest.mark.parametrize("n_runs", [3, 40])
 def test_choosing_among_runs_costs_one_query_whatever_the_store_holds(tmp_path, monkeypatch, n_runs):
     """The Predict page opened the store once per finished run (55 s for 2,500 runs); listing is now one query."""
-    from core.dashboard import predictable_runs, run_options
+    from core.dashboard import finished_runs, predictable_runs
 
     store = Store(tmp_path / "runs")
     ids = _add_runs(store, n_runs)
@@ -77,9 +79,9 @@ def test_choosing_among_runs_costs_one_query_whatever_the_store_holds(tmp_path, 
         (store.run_dir(ids[0]) / f"fold_{k}.pt").parent.mkdir(parents=True, exist_ok=True)
         (store.run_dir(ids[0]) / f"fold_{k}.pt").write_bytes(b"")
     opened = _connections(monkeypatch)
-    options = run_options(store.runs_dir)
+    options = finished_runs(store.runs_dir)
     predictable = predictable_runs(store.runs_dir)
-    assert len(options) == n_runs and list(predictable) == [ids[0]]
+    assert len(options) == n_runs and [r.run_id for r in predictable] == [ids[0]]
     assert len(opened) == 2  # one each, for 3 runs as for 40
 
 

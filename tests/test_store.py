@@ -105,12 +105,12 @@ def test_a_version_1_store_is_migrated_forward(tmp_path):
 
 def test_a_dashboard_reading_an_old_store_first_migrates_it(tmp_path):
     """After an upgrade the first access is often a page reading the runs list, not a writer: it must not fail on new columns."""
-    from core.dashboard import runs_table
+    from core.dashboard import runs_overview
     from core.store import SCHEMA_VERSION
 
     _version_1_store(tmp_path)
-    table = runs_table(tmp_path)
-    assert table["run"].tolist() == ["old"] and Store(tmp_path).schema_version() == SCHEMA_VERSION
+    table = runs_overview(tmp_path)
+    assert table["run_id"].tolist() == ["old"] and Store(tmp_path).schema_version() == SCHEMA_VERSION
 
 
 def test_a_store_from_a_newer_version_is_refused(tmp_path):

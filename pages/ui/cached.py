@@ -15,11 +15,12 @@ import streamlit as st
 
 from core import dashboard
 from core.records import RunRecord
+from pages.ui.display import run_label
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _finished_runs(runs_dir: str, version: tuple) -> dict[str, str]:
-    return dashboard.run_options(Path(runs_dir))
+    return {r.run_id: run_label(r) for r in dashboard.finished_runs(Path(runs_dir))}
 
 
 @st.cache_data(max_entries=4, show_spinner=False)
@@ -29,7 +30,7 @@ def _sweeps(runs_dir: str, version: tuple) -> dict[str, str]:
 
 @st.cache_data(max_entries=4, show_spinner=False)
 def _predictable_runs(runs_dir: str, version: tuple) -> dict[str, str]:
-    return dashboard.predictable_runs(Path(runs_dir))
+    return {r.run_id: run_label(r) for r in dashboard.predictable_runs(Path(runs_dir))}
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -50,6 +51,16 @@ def _unfinished_candidates(runs_dir: str, version: tuple) -> list[dict]:
 def unfinished_runs(runs_dir: Path) -> list[dict]:
     """Failed, cancelled and interrupted runs: the store's rows cached, whose process is alive checked on each call."""
     return dashboard.unfinished_runs(runs_dir, _unfinished_candidates(str(runs_dir), dashboard.store_version(runs_dir)))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _stored_runs(runs_dir: str, version: tuple):
+    return dashboard.stored_runs(Path(runs_dir))
+
+
+def runs_overview(runs_dir: Path):
+    """Every run with its metrics and its status now (core.dashboard.runs_overview): the store's rows cached."""
+    return dashboard.runs_overview(runs_dir, _stored_runs(str(runs_dir), dashboard.store_version(runs_dir)))
 
 
 def finished_runs(runs_dir: Path) -> dict[str, str]:

@@ -1,0 +1,105 @@
+"""How the pages show values: units, column names, run labels, table layouts and the highlight colour.
+
+Why here and not in core: core hands the pages typed records and plain numbers (fractions in [0, 1]);
+how they read on screen is the dashboard's choice, made once so every page says the same thing the
+same way. The units follow the study's Table 3 (and core.report, which writes it for exports and the
+command line): AUC as a percentage with two decimals ("93.53 %"), accuracy, sensitivity, specificity,
+PPV and NPV as percentages with one; intervals as "low-high" in the same unit.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+# A highlight that reads on the light and the dark theme: Okabe-Ito orange, translucent (no black, no fixed dark fill).
+HIGHLIGHT = {"background-color": "rgba(230, 159, 0, 0.28)", "font-weight": "bold"}
+MISSING = "–"
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def pct(value: float | None, digits: int = 1) -> str:
+    """A fraction as a percentage: 0.9042 -> "90.4 %"; None or NaN -> "–"."""
+    return MISSING if _missing(value) else f"{100 * value:.{digits}f} %"
+
+
+def auc(value: float | None) -> str:
+    """An AUC as the study reports it: 0.93534 -> "93.53 %"."""
+    return pct(value, 2)
+
+
+def interval(low: float | None, high: float | None, digits: int = 1) -> str:
+    """A 95 % interval of fractions as percentages: "88.1-92.3 %" ("" when there is none, e.g. a one-class fold)."""
+    if _missing(low) or _missing(high):
+        return ""
+    return f"{100 * low:.{digits}f}-{100 * high:.{digits}f} %"
+
+
+def percent_column(values, digits: int = 1) -> pd.Series:
+    """Fractions as numbers in percent (sortable in a table, unlike text)."""
+    return (pd.Series(values, dtype="float64") * 100).round(digits)
+
+
+def run_label(run) -> str:
+    """How a run is named wherever it is chosen: its name, pooled AUC and preset (a RunSummary or RunRecord)."""
+    score = f" · AUC {auc(run.auc)}" if run.auc is not None else ""
+    return f"{run.name}{score} · {run.preset or 'custom'}"
+
+
+def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """core.dashboard.runs_overview as the home page lists it: readable names, percentages as sortable numbers."""
+    return pd.DataFrame({
+        "name": runs["name"],
+        "status": runs["status"],
+        "preset": runs["preset"].replace("", "custom"),
+        "tags": runs["tags"],
+        "data": ["synthetic demo" if s else "user data" for s in runs["synthetic"]],
+        "images": runs["n_images"],
+        "folds": runs["folds"],
+        "AUC % (pooled)": percent_column(runs["auc"], 2),
+        "accuracy %": percent_column(runs["accuracy"]),
+        "sensitivity %": percent_column(runs["sensitivity"]),
+        "specificity %": percent_column(runs["specificity"]),
+        "training s": pd.Series(runs["train_seconds"], dtype="float64").round(1),
+        "weights": runs["weights_used"],
+        "device": runs["device"],
+        "started": runs["created_at"],
+        "run": runs["run_id"],
+    })
+
+
+def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
+    """The folds as the Runs page shows them: numbered from 1 as in the plots, each fold's AUC with its 95 % DeLong
+    interval in words (a reviewer reads the table, not only the plot), percentages like the run's metrics."""
+    return pd.DataFrame({
+        "fold": folds["fold"] + 1,
+        "train images": folds["n_train"],
+        "test images": folds["n_test"],
+        "iterations": folds["iterations"],
+        "AUC %": percent_column(folds["auc"], 2),
+        "AUC 95 % CI (DeLong)": [interval(lo, hi, 2) for lo, hi in zip(folds["auc_ci_low"], folds["auc_ci_high"])],
+        "accuracy %": percent_column(folds["accuracy"]),
+        "sensitivity %": percent_column(folds["sensitivity"]),
+        "specificity %": percent_column(folds["specificity"]),
+        "training s": folds["train_seconds"].round(1),
+    })
+
+
+RATES = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV (positive predictive value)",
+         "npv": "NPV (negative predictive value)", "accuracy": "accuracy"}
+
+
+def rates_table(rates: dict) -> pd.DataFrame:
+    """core.stats.at_threshold's rates, one row each, with Wilson intervals."""
+    return pd.DataFrame([{"measure": label, "value": pct(rates[key]), "95 % CI (Wilson)": interval(rates[f"{key}_ci_low"], rates[f"{key}_ci_high"])}
+                         for key, label in RATES.items()])
+
+
+def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """A sweep's runs while it trains: name, status, pooled AUC and training time."""
+    return pd.DataFrame({"name": runs["name"], "status": runs["status"], "AUC % (pooled)": percent_column(runs["auc"], 2),
+                         "training s": pd.Series(runs["train_seconds"], dtype="float64").round(1)})
