@@ -46,8 +46,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="cross-validate one configuration and store it")
     run.add_argument("--preset", default="quick", help="paper (the study's protocol) or quick (a 2-core CPU demo); default quick")
-    run.add_argument("--data", required=True, help="demo folder, folder of class sub-folders, or CSV manifest")
+    run.add_argument("--data", default=None, help="demo folder, folder of class sub-folders, or CSV manifest (required unless --config has it)")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE", help="override a setting (repeatable); see --list-settings")
+    run.add_argument("--config", type=Path, default=None, metavar="FILE",
+                     help="a whole configuration as JSON (RunConfig.to_json(), as background jobs get it), instead of --preset; --data and --set override it")
     _common(run)
     run.add_argument("--name", default="", help="a human name for the run")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default: the preset's, auto)")
@@ -63,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
     sweep = sub.add_parser("sweep", help="run the product of a grid of settings on identical splits")
     sweep.add_argument("--preset", default="quick", help="base preset (default quick)")
-    sweep.add_argument("--data", required=True, help="demo folder, folder of class sub-folders, or CSV manifest")
+    sweep.add_argument("--data", default=None, help="demo folder, folder of class sub-folders, or CSV manifest (required unless --config has it)")
+    sweep.add_argument("--config", type=Path, default=None, metavar="FILE", help="the base configuration as JSON, instead of --preset")
     sweep.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...", help="values to sweep (repeatable; runs the product)")
     sweep.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE", help="fixed override for every run")
     _common(sweep)
@@ -169,21 +172,44 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace):
+    """The configuration of `run` and `sweep`: --config's JSON or --preset, then --data, --set and --device on top."""
+    from core.config import RunConfig, apply_overrides, preset
+
+    if args.config is not None:
+        try:
+            base = RunConfig.from_json(args.config.read_text())
+        except OSError as exc:
+            raise CxrError(f"cannot read --config {args.config}: {exc.strerror}") from None
+        except (ValueError, TypeError) as exc:  # not JSON, or not a configuration
+            raise CxrError(f"--config {args.config} is not a configuration written by RunConfig.to_json(): {exc}") from None
+    else:
+        base = preset(args.preset)
+    if args.data is None and not base.data:
+        raise CxrError("give the data with --data (a demo folder, a folder of class sub-folders or a CSV manifest)")
+    overrides = ([f"data={args.data}"] if args.data is not None else []) + args.sets + ([f"device={args.device}"] if args.device else [])
+    return apply_overrides(base, overrides)
+
+
+def _stored_preset(args: argparse.Namespace) -> str:
+    """The preset name a run is stored under: the job's label, the --preset used, or 'custom' for a --config."""
+    return args.label_preset or ("custom" if args.config is not None else args.preset)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from core.config import apply_overrides, preset
     from core.data.sources import existing_data_path
     from core.store import Store, default_runs_dir
 
     # Settings and the data path are checked before the engine (torch, torchvision: seconds) is imported,
     # so a typo is answered at once.
-    cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
+    cfg = _config(args)
     existing_data_path(cfg.data)
     from core.engine import run_cross_validation
 
     store = Store(args.runs_dir or default_runs_dir())
     reporter = ProgressReporter(disable=args.no_progress)
     try:
-        result = run_cross_validation(cfg, store=store, preset=args.label_preset or args.preset, name=args.name, progress=reporter,
+        result = run_cross_validation(cfg, store=store, preset=_stored_preset(args), name=args.name, progress=reporter,
                                       run_id=args.run_id)
     finally:
         reporter.close()
@@ -222,21 +248,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from core.config import apply_overrides, preset
     from core.data.sources import existing_data_path
     from core.store import Store, default_runs_dir
     from core.sweep import expand, parse_grid
 
     # As for `run`: every combination's settings and the data path are checked before the engine is imported.
     grid = parse_grid(args.grid)
-    cfg = apply_overrides(preset(args.preset), [f"data={args.data}", *args.sets] + ([f"device={args.device}"] if args.device else []))
+    cfg = _config(args)
     expand(cfg, grid)
     existing_data_path(cfg.data)
     from core.sweep import run_sweep
 
     reporter = ProgressReporter(disable=args.no_progress)
     try:
-        sweep_id, results = run_sweep(cfg, grid, store=Store(args.runs_dir or default_runs_dir()), preset=args.label_preset or args.preset,
+        sweep_id, results = run_sweep(cfg, grid, store=Store(args.runs_dir or default_runs_dir()), preset=_stored_preset(args),
                                       progress=reporter, sweep_id=args.sweep_id)
     finally:
         reporter.close()

@@ -1,8 +1,10 @@
 """Runs as background processes: started by the Train page (or anyone), surviving browser refreshes, cancellable.
 
-A job is `python -m core run ... --run-id ID` in its own process session, so a Streamlit
-restart does not kill it; its log is `runs/jobs/<run_id>.log`; its state is the store's
-`runs.status` plus whether its process is still alive. Arguments go to the process as a
+A job is `python -m core run --config FILE --run-id ID` in its own process session, so a
+Streamlit restart does not kill it; its log is `runs/jobs/<run_id>.log`; its state is the
+store's `runs.status` plus whether its process is still alive. The typed configuration goes
+whole, as `RunConfig.to_json()` in `runs/jobs/<id>.config.json` (kept: what was asked for),
+not as field=value strings parsed again on the other side. Arguments go to the process as a
 list (never a shell string), so user input cannot become a command.
 """
 
@@ -26,10 +28,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def start_run(cfg: RunConfig, *, runs_dir: Path, preset: str = "custom", name: str = "") -> tuple[str, int]:
-    """Start a run in the background; returns (run_id, pid). The config travels as --set field=value pairs."""
+    """Start a run in the background; returns (run_id, pid). The config travels whole, as a JSON file."""
     refuse_in_demo_mode("training")
     run_id = new_run_id()
-    pid = _spawn(["run", "--preset", "paper", "--data", cfg.data, *_set_args(cfg), "--runs-dir", str(runs_dir), "--run-id", run_id,
+    config = _write_config(cfg, runs_dir=runs_dir, job_id=run_id)
+    pid = _spawn(["run", "--config", str(config), "--runs-dir", str(runs_dir), "--run-id", run_id,
                   "--name", name or run_id, "--label-preset", preset, "--no-progress"], runs_dir=runs_dir, log_name=run_id)
     return run_id, pid
 
@@ -43,7 +46,8 @@ def start_sweep(cfg: RunConfig, grid: dict[str, list[str]], *, runs_dir: Path, p
     expand(cfg, grid)  # every combination is validated here, so a bad value is refused before anything starts
     sweep_id = new_sweep_id()
     grids = [arg for k, values in grid.items() for arg in ("--grid", f"{k}={','.join(values)}")]
-    pid = _spawn(["sweep", "--preset", "paper", "--data", cfg.data, *_set_args(cfg), *grids, "--runs-dir", str(runs_dir),
+    config = _write_config(cfg, runs_dir=runs_dir, job_id=sweep_id)
+    pid = _spawn(["sweep", "--config", str(config), *grids, "--runs-dir", str(runs_dir),
                   "--sweep-id", sweep_id, "--label-preset", preset, "--no-progress"], runs_dir=runs_dir, log_name=sweep_id)
     return sweep_id, pid
 
@@ -64,11 +68,12 @@ def start_resume(run_id: str, *, runs_dir: Path) -> int:
     return pid
 
 
-def _set_args(cfg: RunConfig) -> list[str]:
-    """The whole configuration as --set field=value pairs (the job starts from the paper preset and overrides everything)."""
-    from dataclasses import asdict
-
-    return [arg for k, v in asdict(cfg).items() if k != "data" for arg in ("--set", f"{k}={v}")]
+def _write_config(cfg: RunConfig, *, runs_dir: Path, job_id: str) -> Path:
+    """The job's whole configuration as JSON beside its log (read back with RunConfig.from_json, validated there)."""
+    path = Path(runs_dir) / "jobs" / f"{job_id}.config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(cfg.to_json())
+    return path
 
 
 def _spawn(args: list[str], *, runs_dir: Path, log_name: str) -> int:

@@ -74,18 +74,50 @@ def test_missing_data_is_reported(tmp_path):
         (["sweep", "--data", "DATA", "--grid", "learning_rate=0.1,-1"], "learning_rate must be greater than 0"),
         (["sweep", "--data", "MISSING", "--grid", "learning_rate=0.1,0.2"], "does not exist"),
         (["resume", "no-such-run"], "no run 'no-such-run'"),
+        (["run", "--config", "NOTJSON"], "is not a configuration written by RunConfig.to_json()"),
+        (["run", "--config", "MISSING"], "cannot read --config"),
+        (["run", "--config", "BADCONFIG"], "learning_rate must be greater than 0"),
+        (["run", "--preset", "quick"], "give the data with --data"),
     ],
 )
 def test_mistakes_are_answered_before_the_engine_loads_torch(tmp_path, args, message):
     """Importing torch and torchvision takes seconds; a typo should not wait for it."""
     data = blob_dataset(tmp_path / "d", n_per_class=2)
-    argv = [str(data) if a == "DATA" else str(tmp_path / "nope") if a == "MISSING" else a for a in args]
+    (tmp_path / "not.json").write_text("folds = 3")
+    (tmp_path / "bad.json").write_text('{"learning_rate": -1, "data": "x"}')
+    files = {"DATA": str(data), "MISSING": str(tmp_path / "nope"), "NOTJSON": str(tmp_path / "not.json"), "BADCONFIG": str(tmp_path / "bad.json")}
+    argv = [files.get(a, a) for a in args]
     probe = ("import sys; from core.__main__ import main; code = main(sys.argv[1:]); "
              "print('torch loaded' if 'torch' in sys.modules else 'torch not loaded'); sys.exit(code)")
     done = subprocess.run([sys.executable, "-c", probe, *argv, "--runs-dir", str(tmp_path / "runs")], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert done.stdout.strip() == "torch not loaded"
+
+
+def test_a_background_job_gets_the_whole_typed_config_as_json_and_runs_it(tmp_path, monkeypatch):
+    """The Train page's RunConfig reaches the job process whole (a JSON file, no field=value strings) and is what it stores."""
+    from core import jobs
+    from core.__main__ import get_args_parser
+    from core.config import preset
+
+    data = blob_dataset(tmp_path / "d", n_per_class=6)
+    cfg = preset("quick").replace(data=str(data), image_size=32, max_iterations=2, folds=2, batch_size=8, learning_rate=3e-4,
+                                  augment=False)
+    spawned = []
+    monkeypatch.setattr(jobs, "_spawn", lambda args, **kw: spawned.append(args) or 4321)
+    run_id, pid = jobs.start_run(cfg, runs_dir=tmp_path / "runs", preset="quick", name="from the page")
+    args = spawned[0]
+    assert pid == 4321 and "--set" not in args and "--data" not in args
+    config_file = Path(args[args.index("--config") + 1])
+    assert config_file == tmp_path / "runs" / "jobs" / f"{run_id}.config.json"
+    parsed = get_args_parser().parse_args(args)
+    assert parsed.run_id == run_id and parsed.label_preset == "quick" and parsed.name == "from the page"
+
+    done = cli(*args, env={"TORCH_HOME": str(tmp_path / "th")})  # what the job process runs
+    assert done.returncode == 0, done.stderr
+    stored = Store(tmp_path / "runs").run_record(run_id)
+    assert stored.config == cfg and stored.preset == "quick" and stored.name == "from the page" and stored.status == "finished"
 
 
 def test_settings_lists_every_field_with_help():
