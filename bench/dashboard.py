@@ -15,7 +15,7 @@ Streamlit's `AppTest`, as tests/test_pages.py does, and times:
 
 `--app-root DIR` times another checkout's pages (a before/after comparison): the benchmark then reruns
 itself in a subprocess with cwd=DIR and PYTHONPATH=DIR, loading this file by its path, so DIR's `core`
-(and `pages`) are the ones imported, and builds the store with DIR's `core.store.Store`. The benchmark
+(and `pages`) are the ones imported, and builds the store with DIR's `core.results.store.Store`. The benchmark
 relies only on the page files, the widget keys they declare and the store's schema (version 4).
 
 The store (defaults: `--runs 2500 --predictions 1000000`): that many finished runs with 10 folds each
@@ -25,10 +25,10 @@ The store (defaults: `--runs 2500 --predictions 1000000`): that many finished ru
 every image of one shared data set once (predictions / runs images: 400 by default, out of fold), with
 fold rows and metrics, a training curve of 25 train rows plus 5 held-out rows per fold, a `splits` row per
 image, and a Grad-CAM index of up to 100 images x 2 targets pointing at 10 small shared .npz artifacts
-(`image_ids`, `predicted`, `positive`, uint8, as core/engine.py writes them). The data set is the
+(`image_ids`, `predicted`, `positive`, uint8, as core/training/engine.py writes them). The data set is the
 synthetic demo phantom (`core.data.phantom`, 128 px PNGs with masks). All runs are marked synthetic and
 tagged `benchmark`; none was trained. The runs with fold models get ResNet-18 state dicts
-(`build_model("resnet18", 2, "none")`, random weights) so that `core.predict` can use them.
+(`build_model("resnet18", 2, "none")`, random weights) so that `core.training.predict` can use them.
 
 JSON keys (schema 1): `schema`, `kind` ("dashboard"), `started_at`, `total_seconds`, `app_root`,
 `app_commit` (short hash, "-dirty" with uncommitted changes), `tree_changed_during_run` (a page or core
@@ -99,7 +99,7 @@ def build_store(root: Path, *, runs: int, predictions: int, model_runs: int = 2,
     """A heavy user's runs folder under `root`: `runs` finished runs holding `predictions` out-of-fold predictions in all."""
     from core.config import RunConfig
     from core.data.phantom import make_demo_dataset
-    from core.store import Store
+    from core.results.store import Store
 
     if runs < 1 or predictions < 2 * runs:
         raise ValueError("the store needs at least one finished run and two predictions per run")
@@ -221,7 +221,7 @@ def _plan_runs(runs: int, model_runs: int, rng: np.random.Generator) -> pd.DataF
 
 
 def _folds(plan: pd.DataFrame, per_run: np.ndarray, n_images: int, rng: np.random.Generator) -> np.ndarray:
-    """Each run's fold of each image; the runs of a sweep share their first run's splits, as core/sweep.py does."""
+    """Each run's fold of each image; the runs of a sweep share their first run's splits, as core/training/sweep.py does."""
     out, shared = [], {}
     for row, n in zip(plan.itertuples(), per_run):
         key = row.sweep_id or row.run_id
@@ -342,7 +342,7 @@ def _write_fold_models(runs_dir: Path, run_ids: list[str], *, k: int) -> None:
         return
     import torch
 
-    from core.models import build_model
+    from core.training.models import build_model
 
     for fold in range(k):
         torch.manual_seed(fold)

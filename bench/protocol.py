@@ -15,7 +15,7 @@ import torch
 
 from bench.sizes import BenchSize
 from core.config import RunConfig
-from core.runtime import pack_size
+from core.training.runtime import pack_size
 
 
 def protocol_config(size: BenchSize, data: Path, device: torch.device) -> RunConfig:
@@ -51,8 +51,8 @@ class StageClock:
 
 def run(size: BenchSize, device: torch.device, workdir: Path, *, log=print) -> dict:
     from core.data.phantom import make_demo_dataset
-    from core.engine import run_cross_validation
-    from core.store import Store
+    from core.training.engine import run_cross_validation
+    from core.results.store import Store
 
     data = workdir / "demo"
     t0 = time.perf_counter()

@@ -24,7 +24,7 @@ import torchvision
 from bench import preprocess, protocol, train_throughput
 from bench.sizes import SIZES
 from core.data.cache import usable_cpus
-from core.runtime import physical_cores, setup_device
+from core.training.runtime import physical_cores, setup_device
 
 JSON_KEYS = ("schema", "mode", "started_at", "total_seconds", "machine", "preprocess", "train", "protocol", "ratios", "targets", "table")
 RATIO_KEYS = ("preprocess_cold", "preprocess_cached", "preprocess_serial_draft", "train_vs_baseline_files", "train_vs_baseline_resized",
@@ -124,7 +124,7 @@ def format_table(rows: list[list[str]]) -> str:
 
 def run_bench(mode: str = "quick", device_name: str = "auto", out: Path | None = None, *, log=None) -> dict:
     """Run all three parts; returns the JSON-ready dict (also written to `out` when given)."""
-    from core.engine import resolve_device
+    from core.training.engine import resolve_device
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     size = SIZES[mode]

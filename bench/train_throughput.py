@@ -1,8 +1,8 @@
 """(b) Training throughput (images/s): our loop against a plain PyTorch one, same model, batch size and optimiser.
 
-Ours: `core.train.train_fold` as a run calls it: decoded uint8 images resident on the device,
+Ours: `core.training.train.train_fold` as a run calls it: decoded uint8 images resident on the device,
 batches gathered by index there, per-image augmentation in one `grid_sample`, normalisation on
-the device, precision and memory format from `core.runtime` (`auto`: bf16 + channels_last on
+the device, precision and memory format from `core.training.runtime` (`auto`: bf16 + channels_last on
 CUDA and on a CPU with bf16 instructions, else fp32 in NCHW).
 
 Baseline: what a plain PyTorch script does: a Dataset that opens and decodes each file every
@@ -17,7 +17,7 @@ Where `precision=auto` chose bf16 (a GPU, or a CPU with bf16 instructions), ours
 fp32, so the table separates what bf16 gives from what the loop gives (the baseline is fp32). On a GPU
 ours also runs without CUDA graphs (`cuda_graphs=false`), to show what capturing the step gives;
 each of our rows records whether its step was really captured (`cuda_graph`).
-Ours also runs with several folds at once (core/foldstack.py): as many as `parallel_folds=auto` packs on
+Ours also runs with several folds at once (core/training/foldstack.py): as many as `parallel_folds=auto` packs on
 a GPU (10 at the study's batch of 25 and 224 px), and 2 on a CPU (where auto trains one at a time,
 because stacking measured slower there), to show the trade-off on the machine at hand.
 
@@ -37,10 +37,10 @@ from PIL import Image
 from bench.sizes import BenchSize
 from core.config import RunConfig
 from core.data.cache import ImageCache, usable_cpus
-from core.models import build_model, make_optimizer, param_groups
-from core.runtime import execution_for
-from core.runtime import pack_size
-from core.train import IMAGENET_MEAN, IMAGENET_STD, FoldData, train_folds
+from core.training.models import build_model, make_optimizer, param_groups
+from core.training.runtime import execution_for
+from core.training.runtime import pack_size
+from core.training.train import IMAGENET_MEAN, IMAGENET_STD, FoldData, train_folds
 
 
 def _config(size: BenchSize, device: torch.device, iterations: int, precision: str = "auto", cuda_graphs: bool = True) -> RunConfig:
@@ -52,7 +52,7 @@ def _config(size: BenchSize, device: torch.device, iterations: int, precision: s
 
 def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.device, cache_dir: Path, *, folds: int = 1,
          precision: str = "auto", cuda_graphs: bool = True) -> dict:
-    """Our loop; with `folds` > 1, that many folds trained at once (core/foldstack.py), each with its own model,
+    """Our loop; with `folds` > 1, that many folds trained at once (core/training/foldstack.py), each with its own model,
     shuffling and augmentation over the same images. Images/s counts every fold's images."""
     loaded = ImageCache(cache_dir).load_many(files, size.image_size)
     pixels = torch.from_numpy(np.stack([item.pixels for item in loaded])).to(device)  # one transfer, as the engine

@@ -198,13 +198,13 @@ def _stored_preset(args: argparse.Namespace) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from core.data.sources import existing_data_path
-    from core.store import Store, default_runs_dir
+    from core.results.store import Store, default_runs_dir
 
     # Settings and the data path are checked before the engine (torch, torchvision: seconds) is imported,
     # so a typo is answered at once.
     cfg = _config(args)
     existing_data_path(cfg.data)
-    from core.engine import run_cross_validation
+    from core.training.engine import run_cross_validation
 
     store = Store(args.runs_dir or default_runs_dir())
     reporter = ProgressReporter(disable=args.no_progress)
@@ -229,14 +229,14 @@ def _print_result(result) -> None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from core.lifecycle import check_resumable, mark_interrupted
-    from core.store import Store, default_runs_dir
+    from core.jobs.lifecycle import check_resumable, mark_interrupted
+    from core.results.store import Store, default_runs_dir
 
     store = Store(args.runs_dir or default_runs_dir())
     if store.path.exists():
         mark_interrupted(store)
     check_resumable(store, args.run_id)  # a wrong id or a finished run is answered before torch is imported
-    from core.engine import resume_cross_validation
+    from core.training.engine import resume_cross_validation
 
     reporter = ProgressReporter(disable=args.no_progress)
     try:
@@ -249,15 +249,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from core.data.sources import existing_data_path
-    from core.store import Store, default_runs_dir
-    from core.sweep import expand, parse_grid
+    from core.results.store import Store, default_runs_dir
+    from core.training.sweep import expand, parse_grid
 
     # As for `run`: every combination's settings and the data path are checked before the engine is imported.
     grid = parse_grid(args.grid)
     cfg = _config(args)
     expand(cfg, grid)
     existing_data_path(cfg.data)
-    from core.sweep import run_sweep
+    from core.training.sweep import run_sweep
 
     reporter = ProgressReporter(disable=args.no_progress)
     try:
@@ -271,8 +271,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from core.report import sweep_run_ids, table3, to_html, to_json, to_markdown
-    from core.store import Store, default_runs_dir
+    from core.results.report import sweep_run_ids, table3, to_html, to_json, to_markdown
+    from core.results.store import Store, default_runs_dir
 
     store = Store(args.runs_dir or default_runs_dir())
     if bool(args.sweep) == bool(args.run_ids):
@@ -286,8 +286,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.export import comparison_report_html
-    from core.store import default_runs_dir
+    from core.results.export import comparison_report_html
+    from core.results.store import default_runs_dir
 
     if not 0 <= args.cams <= 64:
         raise CxrError("--cams must be between 0 and 64")
@@ -306,8 +306,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     from core.data.decode import DecodeError, read_bytes
-    from core.predict import predict_image
-    from core.store import Store, default_runs_dir
+    from core.training.predict import predict_image
+    from core.results.store import Store, default_runs_dir
 
     try:
         data = read_bytes(args.image)
@@ -321,8 +321,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from core.lifecycle import mark_interrupted
-    from core.store import Store, default_runs_dir
+    from core.jobs.lifecycle import mark_interrupted
+    from core.results.store import Store, default_runs_dir
 
     store = Store(args.runs_dir or default_runs_dir())
     if store.path.exists():

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 
 from core.data.sources import DEMO_MARKER
-from core.records import RunRecord, RunSummary
-from core.store import Store
+from core.results.records import RunRecord, RunSummary
+from core.results.store import Store
 
 
 def demo_summary(folder: Path) -> dict | None:
@@ -41,7 +41,7 @@ def runs_overview(runs_dir: Path, stored: pd.DataFrame | None = None) -> pd.Data
 
     `stored`: `stored_runs`' frame when the caller keeps it; liveness is checked now, for active runs only.
     """
-    from core.lifecycle import effective_status
+    from core.jobs.lifecycle import effective_status
 
     runs = (stored_runs(runs_dir) if stored is None else stored).copy()
     if runs.empty:
@@ -74,7 +74,7 @@ def run_detail(runs_dir: Path, run_id: str) -> dict:
 
 
 def _run_detail(store: Store, run_id: str) -> dict:
-    from core.report import roc_with_band, run_row
+    from core.results.report import roc_with_band, run_row
 
     run = store.run_record(run_id)
     row, scores, truth = run_row(store, run_id)
@@ -99,7 +99,7 @@ def with_fold_auc_ci(store: Store, run_id: str, folds: pd.DataFrame, run: RunRec
     """Each fold's AUC with its 95 % DeLong interval (from that fold's stored predictions), for the forest plot."""
     import numpy as np
 
-    from core.stats import auc_delong
+    from core.results.stats import auc_delong
 
     preds = store.scored(run)
     pos = run.positive_index
@@ -118,7 +118,7 @@ def with_fold_auc_ci(store: Store, run_id: str, folds: pd.DataFrame, run: RunRec
 def threshold_rates(detail: dict, threshold: float) -> dict:
     """Sensitivity, specificity, PPV and NPV with Wilson intervals at a user-chosen threshold, from a run's detail
     (its pooled out-of-fold truth and scores ride along in it, so a slider move reads nothing from the store)."""
-    from core.stats import at_threshold
+    from core.results.stats import at_threshold
 
     return at_threshold(detail["truth"], detail["scores"], threshold)
 
@@ -132,7 +132,7 @@ def sweep_options(runs_dir: Path) -> dict[str, str]:
 
 def comparison(runs_dir: Path, run_ids: list[str]) -> dict:
     """Table 3 rows (first run = reference), a display table, and each run's ROC for overlaying."""
-    from core.report import roc_with_band, table3, table_cells
+    from core.results.report import roc_with_band, table3, table_cells
 
     with Store(Path(runs_dir)).reading() as store:
         rows = table3(store, run_ids)
@@ -144,7 +144,7 @@ def comparison(runs_dir: Path, run_ids: list[str]) -> dict:
 
 
 def sweep_runs(runs_dir: Path, sweep_id: str) -> list[str]:
-    from core.report import sweep_run_ids
+    from core.results.report import sweep_run_ids
 
     return sweep_run_ids(Store(Path(runs_dir)), sweep_id)
 
@@ -228,9 +228,9 @@ def cams_for(runs_dir: Path, run_id: str, image_ids: list[str], *, target: str =
 def job_progress(runs_dir: Path, run_id: str) -> dict:
     """Live state of a (background) run: status, iterations done of the budget, elapsed, ETA, the curve so far."""
     from core.config import budget
-    from core.gpuqueue import holder
-    from core.jobs import log_tail
-    from core.lifecycle import effective_status
+    from core.jobs.gpuqueue import holder
+    from core.jobs.launch import log_tail
+    from core.jobs.lifecycle import effective_status
 
     store = Store(Path(runs_dir))
     runs = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
@@ -255,7 +255,7 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
 def active_runs(runs_dir: Path) -> dict[str, str]:
     """Runs whose process is training or queued now, wherever they were started (this browser, another, the
     command line), as {run_id: label}, newest first: the Train page lets a user watch any of them."""
-    from core.lifecycle import run_alive
+    from core.jobs.lifecycle import run_alive
 
     store = Store(Path(runs_dir))
     if not store.path.exists():
@@ -273,7 +273,7 @@ def _folds_done(store: Store, run_id: str) -> int:
 
 def unfinished_candidates(runs_dir: Path) -> list[dict]:
     """What the store says about runs that are not finished (one query): cacheable until the store changes."""
-    from core.lifecycle import unfinished_candidates as candidates
+    from core.jobs.lifecycle import unfinished_candidates as candidates
 
     return candidates(Store(Path(runs_dir)))
 
@@ -283,15 +283,15 @@ def unfinished_runs(runs_dir: Path, candidates: list[dict] | None = None) -> lis
 
     `candidates`: `unfinished_candidates`' rows, when the caller keeps them; whose process is alive is checked now.
     """
-    from core.lifecycle import unfinished_from
+    from core.jobs.lifecycle import unfinished_from
 
     return unfinished_from(unfinished_candidates(runs_dir) if candidates is None else candidates)
 
 
 def sweep_progress(runs_dir: Path, sweep_id: str, n_runs: int) -> dict:
     """Live state of a background sweep: its runs so far (name, status, AUC), the one training now, and the job log."""
-    from core.jobs import log_tail
-    from core.lifecycle import process_alive
+    from core.jobs.launch import log_tail
+    from core.jobs.lifecycle import process_alive
 
     runs = Store(Path(runs_dir)).query(
         "SELECT run_id, name, status, auc, train_seconds, pid, host, pid_start FROM runs WHERE sweep_id = ? ORDER BY created_at", [sweep_id])
@@ -318,7 +318,7 @@ def environment() -> dict:
     """What this machine offers: GPU name (or None), versions, and which backbones have ImageNet weights cached."""
     import torch
 
-    from core.models import BACKBONES, imagenet_available, imagenet_cache_file
+    from core.training.models import BACKBONES, imagenet_available, imagenet_cache_file
 
     return {
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
@@ -331,7 +331,7 @@ def environment() -> dict:
 def start_quick_demo(runs_dir: Path, demo_dir: Path) -> str:
     """Start the quick preset on the demo data in the background; returns the run id."""
     from core.config import preset
-    from core.jobs import start_run
+    from core.jobs.launch import start_run
 
     run_id, _ = start_run(preset("quick").replace(data=str(demo_dir)), runs_dir=Path(runs_dir), preset="quick", name="quick demo")
     return run_id

@@ -1,6 +1,6 @@
 """Ids of runs and sweeps: sortable by start time, unique enough for one lab, and importable without torch.
 
-Kept apart from core.engine so that what only starts or lists jobs (the pages, core/jobs.py) does not
+Kept apart from core.training.engine so that what only starts or lists jobs (the pages, core/jobs/launch.py) does not
 import the training code, and torch with it, to make an id.
 """
 

@@ -10,7 +10,7 @@ import streamlit as st
 
 from core import CxrError
 from core.dashboard import data_overview, fold_preview
-from core.figures import OKABE_ITO
+from core.results.figures import OKABE_ITO
 from core.safety import DEMO_NOTICE, check_data_path, demo_mode
 from pages import page_setup
 

@@ -1,6 +1,6 @@
 """Train: choose a preset, adjust any setting, start a run or a sweep in the background and watch it train.
 
-Runs are background processes (core.jobs), so a page refresh or a closed tab does not stop them;
+Runs are background processes (core.jobs.launch), so a page refresh or a closed tab does not stop them;
 the page only reads their progress from the store.
 """
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
-from core import figures
+from core.results import figures
 from core.config import NAMED_WEIGHTS, PRESETS, SECTIONS, RunConfig, apply_overrides, preset
 from core.dashboard import active_runs, job_progress, sweep_progress
-from core.jobs import cancel, start_resume, start_run, start_sweep
-from core.lifecycle import UNFINISHED
+from core.jobs.launch import cancel, start_resume, start_run, start_sweep
+from core.jobs.lifecycle import UNFINISHED
 from core.safety import DEMO_NOTICE, check_data_path, demo_mode
-from core.sweep import parse_grid
+from core.training.sweep import parse_grid
 from pages import page_setup
 from pages.ui import display
 

@@ -14,9 +14,9 @@ import pandas as pd
 import streamlit as st
 
 from core import CxrError
-from core import figures
+from core.results import figures
 from core.dashboard import delete_run, disk_used, run_detail, threshold_rates, update_run_labels
-from core.jobs import start_resume
+from core.jobs.launch import start_resume
 from core.safety import demo_mode
 from pages import page_setup
 from pages.ui import display

@@ -12,7 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
-from core import figures
+from core.results import figures
 from core.dashboard import comparison
 from pages import page_setup
 from pages.ui import display

@@ -13,7 +13,7 @@ import streamlit as st
 
 from core import CxrError
 from core.dashboard import cams_for, gallery
-from core.overlay import mask_outline, overlay
+from core.results.overlay import mask_outline, overlay
 from pages import page_setup
 from pages.ui.cached import finished_runs, run_record
 

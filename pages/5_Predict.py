@@ -15,7 +15,7 @@ import streamlit as st
 
 from core import CxrError
 from core.dashboard import dataset_images
-from core.overlay import overlay
+from core.results.overlay import overlay
 from pages import page_setup
 from pages.ui.cached import predictable_runs
 
@@ -25,15 +25,15 @@ RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 @st.cache_resource(max_entries=4, show_spinner="Loading the run's fold models...")
 def ensemble(runs_dir: str, run_id: str):
     """A finished run's fold models never change: one load per run and server."""
-    from core.predict import load_ensemble
-    from core.store import Store
+    from core.training.predict import load_ensemble
+    from core.results.store import Store
 
     return load_ensemble(Store(Path(runs_dir)), run_id)
 
 
 @st.cache_data(max_entries=64, show_spinner="Running the fold models...")
 def predict(runs_dir: str, run_id: str, data: bytes):
-    from core.predict import predict_with
+    from core.training.predict import predict_with
 
     return predict_with(ensemble(runs_dir, run_id), data)
 

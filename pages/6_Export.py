@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
-from core.export import comparison_report_html
+from core.results.export import comparison_report_html
 from pages import page_setup
 from pages.ui.cached import finished_runs
 

@@ -72,3 +72,18 @@ def data_roots_allow_test_folders(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CXR_DATA_ROOTS", os.pathsep.join([str(tmp_path_factory.getbasetemp()), "data"]))
         yield
+
+
+# Fixtures that train a model or start a server: every test using one belongs to the slow part, whatever it then checks.
+SLOW_FIXTURES = {"finished", "finished_run", "run_with_models", "server", "demo_server", "sweep"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a model, starts a process or a server, or takes more than ~1.5 s here; "
+                                       "`pytest -m \"not slow\"` runs the quick rest")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.store import Store
+from core.results.store import Store
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 
@@ -51,7 +51,7 @@ def test_home_starts_a_quick_demo_run_in_the_background(dirs, monkeypatch):
 
     make_demo_dataset(dirs / "demo", n_per_class=4, size=64)
     started = []
-    monkeypatch.setattr("core.jobs.start_run", lambda cfg, **kw: (started.append((cfg, kw)) or ("r-123", 1)))
+    monkeypatch.setattr("core.jobs.launch.start_run", lambda cfg, **kw: (started.append((cfg, kw)) or ("r-123", 1)))
     at = AppTest.from_file(APP, default_timeout=60).run()
     at.button(key="home_quick_run").click().run()
     assert not at.exception and at.session_state["train_job"] == "r-123"

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from core.__main__ import main
-from core.store import Store
+from core.results.store import Store
 
 from conftest import blob_dataset
 
@@ -122,6 +122,7 @@ def test_a_weights_file_for_another_architecture(tmp_path, blobs6):
                *run_args(blobs6, tmp_path / "runs", "--set", f"weights={tmp_path / 'other.pth'}"))
 
 
+@pytest.mark.slow
 def test_missing_corrupt_and_absurd_files_are_excluded_with_reasons_and_the_run_goes_on(tmp_path, blobs6, caplog):
     from test_data import _png_with_header_only
 
@@ -149,6 +150,7 @@ def test_missing_corrupt_and_absurd_files_are_excluded_with_reasons_and_the_run_
     assert "5 of 17 images excluded" in caplog.text  # logged once (on stderr), with the reasons counted
 
 
+@pytest.mark.slow
 def test_a_full_disk_while_saving_a_fold_fails_clearly_keeps_earlier_folds_and_can_resume(tmp_path, blobs6, monkeypatch):
     real = Store.save_fold
     calls = []
@@ -174,7 +176,7 @@ def test_a_full_disk_while_saving_a_fold_fails_clearly_keeps_earlier_folds_and_c
 
 
 def test_disk_full_inside_a_store_transaction_is_a_clear_error(tmp_path):
-    from core.store import DiskFullError, is_disk_full
+    from core.results.store import DiskFullError, is_disk_full
 
     store = Store(tmp_path)
     store.create_run("r")

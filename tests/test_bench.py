@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import torch
 
 from bench.run import JSON_KEYS, RATIO_KEYS, format_table
 from core.__main__ import main
-from core.runtime import resolve
+from core.training.runtime import resolve
 
 
+@pytest.mark.slow
 def test_bench_tiny_runs_end_to_end_and_writes_the_documented_json(tmp_path, capsys, monkeypatch):
     import tempfile
 

@@ -15,7 +15,7 @@ from core.__main__ import main
 def test_store_has_the_asked_sizes_and_rows_the_pages_can_use(tmp_path):
     import numpy as np
 
-    from core.store import Store
+    from core.results.store import Store
 
     built = build_store(tmp_path, runs=6, predictions=300, model_runs=0)
     s = built.sizes
@@ -34,6 +34,7 @@ def test_store_has_the_asked_sizes_and_rows_the_pages_can_use(tmp_path):
     assert all(os.path.isfile(p) for p in images["path"])
 
 
+@pytest.mark.slow
 def test_tiny_benchmark_times_the_runs_page_and_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "dash.json"
     assert main(["bench", "--dashboard", "--tiny", "--runs", "6", "--predictions", "300", "--out", str(out)]) == 0
@@ -50,6 +51,7 @@ def test_tiny_benchmark_times_the_runs_page_and_writes_the_documented_json(tmp_p
 
 
 @pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
+@pytest.mark.slow
 def test_app_root_times_another_checkouts_pages_in_a_subprocess(tmp_path):
     """A checkout elsewhere (here: links to this one's core and pages) is timed by a child that imports its core, not ours."""
     from bench.dashboard import run_dashboard_bench

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from core.engine import run_cross_validation
-from core.store import Store
+from core.training.engine import run_cross_validation
+from core.results.store import Store
 
 from conftest import blob_dataset, tiny_config
 
@@ -57,6 +57,7 @@ def server(tmp_path_factory):
     proc.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_every_page_renders_without_exceptions(server):
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from core.store import Store
+from core.results.store import Store
 
 from conftest import blob_dataset
 
@@ -24,6 +24,7 @@ def cli(*args: str, env: dict | None = None, cwd: Path = ROOT) -> subprocess.Com
 TINY = ["--set", "image_size=32", "--set", "max_iterations=2", "--set", "folds=2", "--set", "batch_size=8", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_run_prints_the_run_id_and_stores_it(tmp_path):
     data = blob_dataset(tmp_path / "d", n_per_class=6)
     done = cli("run", "--preset", "quick", "--data", str(data), "--runs-dir", str(tmp_path / "runs"), *TINY, env={"TORCH_HOME": str(tmp_path / "th")})
@@ -34,6 +35,7 @@ def test_run_prints_the_run_id_and_stores_it(tmp_path):
     assert "not cached" in done.stderr and "from scratch" in done.stderr
 
 
+@pytest.mark.slow
 def test_runs_dir_can_come_from_the_environment(tmp_path):
     data = blob_dataset(tmp_path / "d", n_per_class=6)
     done = cli("run", "--data", str(data), *TINY, env={"CXR_RUNS_DIR": str(tmp_path / "envruns"), "TORCH_HOME": str(tmp_path / "th")})
@@ -49,6 +51,7 @@ def test_runs_dir_can_come_from_the_environment(tmp_path):
         (["--preset", "paper", "--set", "folds=2"], "ImageNet weights for resnet50 are not available offline"),
     ],
 )
+@pytest.mark.slow
 def test_failures_exit_non_zero_with_one_line(tmp_path, args, message, monkeypatch):
     data = blob_dataset(tmp_path / "d", n_per_class=4)
     # An unroutable proxy makes any download attempt fail fast, whatever network this machine has.
@@ -80,6 +83,7 @@ def test_missing_data_is_reported(tmp_path):
         (["run", "--preset", "quick"], "give the data with --data"),
     ],
 )
+@pytest.mark.slow
 def test_mistakes_are_answered_before_the_engine_loads_torch(tmp_path, args, message):
     """Importing torch and torchvision takes seconds; a typo should not wait for it."""
     data = blob_dataset(tmp_path / "d", n_per_class=2)
@@ -95,9 +99,10 @@ def test_mistakes_are_answered_before_the_engine_loads_torch(tmp_path, args, mes
     assert done.stdout.strip() == "torch not loaded"
 
 
+@pytest.mark.slow
 def test_a_background_job_gets_the_whole_typed_config_as_json_and_runs_it(tmp_path, monkeypatch):
     """The Train page's RunConfig reaches the job process whole (a JSON file, no field=value strings) and is what it stores."""
-    from core import jobs
+    from core.jobs import launch as jobs
     from core.__main__ import get_args_parser
     from core.config import preset
 
@@ -125,6 +130,7 @@ def test_settings_lists_every_field_with_help():
     assert done.returncode == 0 and "head_lr_factor = 10.0" in done.stdout and "WeightLearnRateFactor" in done.stdout
 
 
+@pytest.mark.slow
 def test_predict_prints_json_for_an_image(tmp_path):
     import json
 

@@ -520,10 +520,11 @@ def test_cli_failures_are_one_line_with_the_flow_before_it(tmp_path, capsys):
     assert code == 2 and "Data_Entry_2017" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_mimic_cohort_trains_end_to_end(tmp_path):
     """The manifest goes straight into cross-validation, grouped by subject_id."""
-    from core.engine import run_cross_validation
-    from core.store import Store
+    from core.training.engine import run_cross_validation
+    from core.results.store import Store
 
     studies = _many(8, 8)
     root = write_mimic(tmp_path / "mimic", studies)

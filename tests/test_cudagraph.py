@@ -1,4 +1,4 @@
-"""The training step captured as a CUDA graph (core/cudagraph.py) trains exactly as the eager step does.
+"""The training step captured as a CUDA graph (core/training/cudagraph.py) trains exactly as the eager step does.
 
 On a CPU the graph is emulated: "capture" records the step without running it and "replay" runs
 it with gradients written afresh, as a replayed graph does. That checks the control flow a GPU
@@ -17,12 +17,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import core.train as train
-from core.cudagraph import GraphedStep
-from core.foldstack import FoldModules
-from core.models import build_model
-from core.runtime import resolve
-from core.train import FoldData, train_folds
+import core.training.train as train
+from core.training.cudagraph import GraphedStep
+from core.training.foldstack import FoldModules
+from core.training.models import build_model
+from core.training.runtime import resolve
+from core.training.train import FoldData, train_folds
 
 from conftest import tiny_config
 
@@ -118,7 +118,7 @@ def test_a_failed_capture_warns_once_and_trains_on_eagerly_without_losing_a_step
     model, step, zero_grad = _problem()
     graph = EmulatedGraph(zero_grad, fail=RuntimeError("operation not permitted when stream is capturing"))
     graphed = GraphedStep(step, zero_grad, warmup=2, capture=graph, side_stream=contextlib.nullcontext)
-    with caplog.at_level(logging.WARNING, logger="core.cudagraph"):
+    with caplog.at_level(logging.WARNING, logger="core.training.cudagraph"):
         losses = [graphed(x, y).item() for x, y in batches]
     assert losses == expected and graph.captures == 1 and graphed.replays == 0
     assert "operation not permitted" in graphed.failed
@@ -154,6 +154,7 @@ def _train_curve(outcome) -> list[float]:
     return [r["loss"] for r in outcome.curve if r["phase"] == "train"]
 
 
+@pytest.mark.slow
 def test_folds_as_plain_modules_train_exactly_as_each_fold_alone(monkeypatch):
     """The GPU's way of packing folds (plain modules, here without streams) changes nothing a fold computes."""
     cfg = tiny_config(augment=True, max_iterations=4, eval_every=2, optimizer="sgdm", learning_rate=0.01, head_lr_factor=10.0)

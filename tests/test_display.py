@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-from core.records import RunSummary
+from core.results.records import RunSummary
 from pages.ui import display
 
 
@@ -36,6 +36,9 @@ def test_the_runs_table_leads_with_names_and_keeps_percentages_sortable():
     assert table.columns[0] == "name" and table.columns[-1] == "run"
     assert table["AUC % (pooled)"].tolist() == [91.23] and table["preset"].tolist() == ["custom"]
     assert math.isnan(table["specificity %"][0]) and table["data"].tolist() == ["synthetic demo"]
+    # a run created but not yet described (no synthetic flag: NULL, read as pandas' NA) is not an error
+    unknown = display.runs_table(runs.assign(synthetic=pd.array([pd.NA], dtype="boolean")))
+    assert unknown["data"].tolist() == ["user data"]
 
 
 def test_the_highlight_is_not_a_dark_fill():

@@ -12,8 +12,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, roc_auc_score
 
 from core import CxrError
 from core.config import RunConfig
-from core.engine import run_cross_validation
-from core.store import SCHEMA_VERSION, Store
+from core.training.engine import run_cross_validation
+from core.results.store import SCHEMA_VERSION, Store
 
 from conftest import blob_dataset
 
@@ -35,6 +35,7 @@ def finished(tmp_path_factory):
     return store, result, cfg, events
 
 
+@pytest.mark.slow
 def test_a_run_stores_every_fold_and_every_prediction_exactly_once(finished):
     store, result, cfg, _ = finished
     run = store.run(result.run_id)
@@ -42,7 +43,7 @@ def test_a_run_stores_every_fold_and_every_prediction_exactly_once(finished):
     assert json.loads(run["config"]) == json.loads(cfg.to_json())
     assert run["torch_version"] and run["code_version"] and run["device"].startswith("cpu")
     # what `auto` became on this machine is stored with the run (bf16 and NHWC on some CPUs, fp32 on others)
-    from core.runtime import resolve
+    from core.training.runtime import resolve
     assert f"{resolve(torch.device('cpu')).describe()}, 1 fold at a time" in run["device"]
     folds = store.folds(result.run_id)
     assert folds["fold"].tolist() == [0, 1, 2] and (folds["status"] == "finished").all()
@@ -103,6 +104,7 @@ def test_the_store_has_a_schema_version(finished):
     assert store.schema_version() == SCHEMA_VERSION
 
 
+@pytest.mark.slow
 def test_patients_never_share_folds_in_a_stored_run(tmp_path, tiny_cfg):
     root = blob_dataset(tmp_path / "d", n_per_class=12)
     rows = [{"path": str(p), "label": p.parent.name, "patient": f"pt{i // 3}"}  # 3 images per patient
@@ -116,9 +118,10 @@ def test_patients_never_share_folds_in_a_stored_run(tmp_path, tiny_cfg):
     assert bool(store.run(result.run_id)["grouped"])
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_marked_failed_and_keeps_finished_folds(tmp_path, tiny_cfg, monkeypatch):
     root = blob_dataset(tmp_path / "d", n_per_class=9)
-    import core.engine as engine
+    import core.training.engine as engine
 
     real = engine.train_folds
     calls = []
@@ -146,6 +149,7 @@ def test_no_usable_image_is_a_clear_error(tmp_path, tiny_cfg):
         run_cross_validation(tiny_cfg.replace(data=str(tmp_path / "d")), store=Store(tmp_path / "runs"))
 
 
+@pytest.mark.slow
 def test_three_classes_work(tmp_path, tiny_cfg):
     rng = np.random.default_rng(0)
     from conftest import write_image
@@ -159,6 +163,7 @@ def test_three_classes_work(tmp_path, tiny_cfg):
     assert 0 <= result.metrics["auc"] <= 1 and np.array(result.metrics["confusion"]).shape == (3, 3)
 
 
+@pytest.mark.slow
 def test_demo_data_runs_grouped_by_patient_and_marked_synthetic(tmp_path, tiny_cfg):
     from core.data.phantom import make_demo_dataset
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from core.explain import cam_layer, cams_and_probs, grad_cams, localisation, pick_for_gallery
-from core.models import BACKBONES, build_model
-from core.train import predict_probs
+from core.training.explain import cam_layer, cams_and_probs, grad_cams, localisation, pick_for_gallery
+from core.training.models import BACKBONES, build_model
+from core.training.train import predict_probs
 
 
 def test_resnets_use_the_last_block_of_layer4():
@@ -32,7 +32,7 @@ class _Probe(nn.Module):
 
 
 def test_cams_are_aligned_with_the_image_not_flipped_or_shifted(monkeypatch):
-    import core.explain as explain
+    import core.training.explain as explain
 
     monkeypatch.setattr(explain, "BACKBONES", {"probe": type("B", (), {"cam_layer": "layer4.0", "cam_stride": 1})()})
     img = torch.zeros((1, 16, 16), dtype=torch.uint8)
@@ -46,6 +46,7 @@ def test_cams_are_aligned_with_the_image_not_flipped_or_shifted(monkeypatch):
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.slow
 def test_the_one_pass_maps_and_probabilities_equal_the_librarys_and_a_plain_forward(backbone):
     """cams_and_probs (the Predict page's path) differentiates only what follows the target layer; its maps must
     still be pytorch-grad-cam's, and its probabilities those of an ordinary forward pass; the model is left as it was."""
@@ -91,12 +92,13 @@ def test_a_capped_gallery_still_covers_every_outcome():
     assert len(pick_for_gallery(outcomes, probs, 0)) == len(outcomes)
 
 
+@pytest.mark.slow
 def test_a_model_trained_on_demo_data_points_at_the_effusion_more_often_than_chance(tmp_path):
     """Fails if Grad-CAM were taken from the wrong place or misaligned: the score would fall to chance."""
     from core.config import preset
     from core.data.phantom import make_demo_dataset
-    from core.engine import run_cross_validation
-    from core.store import Store
+    from core.training.engine import run_cross_validation
+    from core.results.store import Store
 
     make_demo_dataset(tmp_path / "demo", n_per_class=60, size=128, seed=3)
     cfg = preset("quick").replace(data=str(tmp_path / "demo"), weights="none", folds=2, max_iterations=40, device="cpu")

@@ -17,14 +17,14 @@ import pandas as pd
 import pytest
 import torch
 
-import core.engine as engine
-import core.train as train
+import core.training.engine as engine
+import core.training.train as train
 from core import CxrError
-from core.engine import run_cross_validation
-from core.models import build_model
-from core.runtime import cpu_has_native_bf16, pack_size, plan_packs, resolve
-from core.store import Store
-from core.train import FoldData, train_folds
+from core.training.engine import run_cross_validation
+from core.training.models import build_model
+from core.training.runtime import cpu_has_native_bf16, pack_size, plan_packs, resolve
+from core.results.store import Store
+from core.training.train import FoldData, train_folds
 
 from conftest import blob_dataset, tiny_config
 
@@ -64,6 +64,7 @@ def float64(monkeypatch):
     {"optimizer": "adam", "learning_rate": 1e-3, "head_lr_factor": 10.0, "weight_decay": 1e-4},
     {"optimizer": "sgdm", "learning_rate": 1e-2, "freeze_backbone": True},
 ], ids=["sgdm-head-x10", "adam", "frozen-backbone"])
+@pytest.mark.slow
 def test_stacked_folds_train_exactly_as_folds_one_after_another(float64, changes, device):
     cfg = tiny_config(augment=True, max_iterations=6, eval_every=2, batch_size=6, device=device, **changes)
     dev = torch.device(device)
@@ -82,6 +83,7 @@ def test_stacked_folds_train_exactly_as_folds_one_after_another(float64, changes
     assert not torch.allclose(together[0].model.fc.weight, together[1].model.fc.weight)
 
 
+@pytest.mark.slow
 def test_a_fold_draws_the_same_batches_and_augmentation_alone_or_together(monkeypatch):
     """What each fold is shown: record the images entering the warp, per fold, in both modes."""
     seen: list[torch.Tensor] = []
@@ -100,6 +102,7 @@ def test_a_fold_draws_the_same_batches_and_augmentation_alone_or_together(monkey
             torch.testing.assert_close(theta[6 * k : 6 * (k + 1)], per_fold[k][it][1])
 
 
+@pytest.mark.slow
 def test_stacked_folds_compute_in_bf16_when_the_run_does():
     """vmap hides convolutions and linear layers from torch's CPU autocast: stacked folds of a "bf16" run used to
     compute in fp32 (and a bf16 input then broke vmap's BatchNorm). Every convolution of a stacked forward must
@@ -107,7 +110,7 @@ def test_stacked_folds_compute_in_bf16_when_the_run_does():
 
     CPU only: a GPU packs folds as plain modules (core/foldstack.FoldModules), since vmap measured no faster
     there and failed on CUDA (tests/test_cudagraph.py covers the GPU's packing)."""
-    from core.foldstack import stack
+    from core.training.foldstack import stack
 
     device = "cpu"
 
@@ -131,6 +134,7 @@ def test_stacked_folds_compute_in_bf16_when_the_run_does():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backbone", ["efficientnet_b0", "mobilenet_v3_small"])
+@pytest.mark.slow
 def test_backbones_with_dropout_or_stochastic_depth_train_with_folds_together(backbone, device):
     """vmap refuses random operations unless told how to draw them; each fold draws its own masks, as alone."""
     cfg = tiny_config(backbone=backbone, augment=False, max_iterations=2, eval_every=100, batch_size=4, image_size=32, device=device)
@@ -146,7 +150,7 @@ def test_backbones_with_dropout_or_stochastic_depth_train_with_folds_together(ba
 def test_stochastic_depth_per_fold_keeps_rows_as_torchvision_does():
     from torchvision.ops import StochasticDepth
 
-    from core.foldstack import StochasticDepthPerFold, vmap_ready
+    from core.training.foldstack import StochasticDepthPerFold, vmap_ready
 
     layer = StochasticDepthPerFold(0.25, "row").train()
     x = torch.ones(2, 4000, 1, 1, 1)  # 2 folds of 4000 rows
@@ -206,6 +210,7 @@ def _stored(store: Store, run_id: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.D
     return preds, curve, store.folds(run_id).sort_values("fold").reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_a_run_with_folds_together_stores_what_a_run_one_fold_at_a_time_stores(tmp_path, float64, monkeypatch):
     """Through the engine and the store, in float64: the same splits, curves, predictions and fold metrics."""
     real_build = engine.build_model
@@ -237,6 +242,7 @@ NATIVE_BF16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has
 
 @pytest.mark.parametrize("device,precision", [("cpu", "fp32"), pytest.param("cpu", "bf16", marks=NATIVE_BF16)]
                          + [("cuda", "auto")] * ("cuda" in DEVICES))
+@pytest.mark.slow
 def test_a_run_with_folds_together_reaches_the_same_results_and_heat_maps(tmp_path, device, precision):
     """As runs train, summation order differs in the stacked kernels and training amplifies it: after 6 float32
     iterations on this task, probabilities moved by up to 0.07, but fold AUCs and accuracies were equal (seeds 0-2).
@@ -263,6 +269,7 @@ def test_a_run_with_folds_together_reaches_the_same_results_and_heat_maps(tmp_pa
     assert store.run("together")["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_a_pack_that_runs_out_of_memory_is_split_and_nothing_is_stored_twice(tmp_path, monkeypatch):
     real = engine.train_folds
     sizes: list[int] = []
@@ -298,6 +305,7 @@ def test_one_fold_that_runs_out_of_memory_fails_the_run_as_before(tmp_path, monk
     assert store.run("r")["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_diverging_fold_in_a_pack_is_named_and_marked(tmp_path):
     data = blob_dataset(tmp_path / "d", n_per_class=9)
     store = Store(tmp_path / "runs")
@@ -308,8 +316,9 @@ def test_a_diverging_fold_in_a_pack_is_named_and_marked(tmp_path):
     assert folds["status"].tolist() == ["diverged"] and store.run("boom")["status"] == "failed"
 
 
+@pytest.mark.slow
 def test_a_run_stopped_between_packs_resumes_the_remaining_folds_together(tmp_path, monkeypatch):
-    from core.engine import resume_cross_validation
+    from core.training.engine import resume_cross_validation
 
     real = engine._train_pack
     packs: list[list[int]] = []

@@ -11,8 +11,8 @@ import pytest
 
 from core import CxrError
 from core.data.splits import audit_leakage, parse_user_folds
-from core.engine import run_cross_validation
-from core.store import Store
+from core.training.engine import run_cross_validation
+from core.results.store import Store
 
 from conftest import tiny_config, write_image
 
@@ -53,6 +53,7 @@ def _manifest(root: Path, folds: list[int]) -> Path:
     return root / "manifest.csv"
 
 
+@pytest.mark.slow
 def test_a_user_split_that_keeps_patients_together_runs_and_is_recorded_clean(tmp_path):
     folds = [1 + (i // 2) % 2 for i in range(16)]  # a patient's two images share a fold
     csv = _manifest(tmp_path / "data", folds)
@@ -65,6 +66,7 @@ def test_a_user_split_that_keeps_patients_together_runs_and_is_recorded_clean(tm
     assert [int(splits[f"img{i:02d}.png"]) for i in range(16)] == [f - 1 for f in folds]  # the user's folds, 0-based
 
 
+@pytest.mark.slow
 def test_a_leaking_user_split_is_refused_unless_grouping_is_turned_off_and_then_marked(tmp_path):
     folds = [1 + i % 2 for i in range(16)]  # each patient's two images in different folds
     csv = _manifest(tmp_path / "data", folds)
@@ -77,11 +79,12 @@ def test_a_leaking_user_split_is_refused_unless_grouping_is_turned_off_and_then_
     result = run_cross_validation(cfg.replace(group_by_patient=False), store=store)
     run = store.run(result.run_id)
     assert run["leak_status"] == "leaks" and run["leakage"].startswith("8 of 8 patients (16 images)")
-    from core.report import table3, to_markdown
+    from core.results.report import table3, to_markdown
 
     assert "LEAKING SPLIT" in to_markdown(table3(store, [result.run_id]))
 
 
+@pytest.mark.slow
 def test_grouping_off_on_tool_made_folds_is_audited_too(tmp_path):
     csv = _manifest(tmp_path / "data", [1] * 16)
     store = Store(tmp_path / "runs")
@@ -98,6 +101,7 @@ def test_fold_count_must_match_the_fold_column(tmp_path):
         run_cross_validation(tiny_config(csv, group_column="patient", fold_column="fold", folds=3), store=Store(tmp_path / "runs"))
 
 
+@pytest.mark.slow
 def test_a_cohort_flow_next_to_the_manifest_is_stored_with_the_data_set(tmp_path):
     csv = _manifest(tmp_path / "data", [1] * 16)
     flow = {"source": "mimic", "steps": [{"name": "labels", "n_images": 20, "n_studies": 20, "n_patients": 10, "n_removed": 0, "reason": ""},
@@ -107,7 +111,7 @@ def test_a_cohort_flow_next_to_the_manifest_is_stored_with_the_data_set(tmp_path
     result = run_cross_validation(tiny_config(csv, group_column="patient", folds=2, gradcam=False, max_iterations=1), store=store)
     stored = store.query("SELECT flow FROM datasets WHERE dataset_id = ?", [store.run(result.run_id)["dataset_id"]])["flow"].iloc[0]
     assert json.loads(stored) == flow
-    from core.export import run_report_html
+    from core.results.export import run_report_html
 
     assert "Cohort selection" in run_report_html(store.runs_dir, result.run_id, gallery_size=0) and "lateral" in run_report_html(
         store.runs_dir, result.run_id, gallery_size=0)

@@ -9,7 +9,7 @@ import torch
 from torchvision import models as tvm
 
 from core import CxrError
-from core.models import BACKBONES, build_model, imagenet_cache_file, make_optimizer, param_groups
+from core.training.models import BACKBONES, build_model, imagenet_cache_file, make_optimizer, param_groups
 
 
 def test_head_learns_ten_times_faster_than_the_backbone():

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core.engine import run_cross_validation
-from core.store import Store
+from core.training.engine import run_cross_validation
+from core.results.store import Store
 
 from conftest import blob_dataset, tiny_config
 
@@ -25,6 +25,7 @@ def finished_run(tmp_path_factory):
     return store, result
 
 
+@pytest.mark.slow
 def test_runs_page_shows_the_run_metrics_folds_and_threshold_rates(finished_run, monkeypatch):
     store, result = finished_run
     monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
@@ -57,8 +58,9 @@ def test_runs_page_without_runs_says_how_to_start_one(tmp_path, monkeypatch):
     assert not at.exception and "No finished run yet" in at.info[0].value
 
 
+@pytest.mark.slow
 def test_compare_page_shows_table3_for_a_sweep(tmp_path, monkeypatch):
-    from core.sweep import parse_grid, run_sweep
+    from core.training.sweep import parse_grid, run_sweep
 
     data = blob_dataset(tmp_path / "data", n_per_class=9)
     base = tiny_config(data, batch_size=8, folds=3, eval_every=2, gradcam=False)
@@ -88,7 +90,7 @@ def test_gradcam_page_shows_original_and_overlay_per_image(finished_run, monkeyp
 def test_overlay_blends_a_resized_heat_map():
     import numpy as np
 
-    from core.overlay import mask_outline, overlay
+    from core.results.overlay import mask_outline, overlay
 
     gray = np.zeros((8, 8), np.uint8)
     cam = np.zeros((2, 2), np.uint8)
@@ -106,7 +108,7 @@ def test_train_page_lets_you_watch_a_run_started_on_the_command_line(tmp_path, m
     import os
     import socket
 
-    from core.lifecycle import start_token
+    from core.jobs.lifecycle import start_token
 
     store = Store(tmp_path / "runs")
     cfg = tiny_config("d").to_json()
@@ -121,6 +123,7 @@ def test_train_page_lets_you_watch_a_run_started_on_the_command_line(tmp_path, m
     assert any(h.value == "Run live: running" for h in at.subheader)
 
 
+@pytest.mark.slow
 def test_train_page_starts_a_background_run_that_lands_in_the_store(tmp_path, monkeypatch):
     import time
 
@@ -147,6 +150,7 @@ def test_train_page_starts_a_background_run_that_lands_in_the_store(tmp_path, mo
     assert '"image_size": 32' in run["config"] and '"max_iterations": 2' in run["config"]
 
 
+@pytest.mark.slow
 def test_train_page_starts_a_background_sweep_on_shared_folds(tmp_path, monkeypatch):
     """'Start sweep' runs every grid combination in one background process, all on the same folds (so DeLong pairs them)."""
     import time
@@ -232,10 +236,11 @@ def run_with_models(tmp_path_factory):
     return store, run_cross_validation(cfg, store=store), data
 
 
+@pytest.mark.slow
 def test_prediction_is_the_mean_of_the_fold_models(run_with_models):
     import numpy as np
 
-    from core.predict import predict_image
+    from core.training.predict import predict_image
 
     store, result, data = run_with_models
     image = sorted((data / "Effusion").glob("*.png"))[0]
@@ -251,7 +256,7 @@ def test_a_dicom_upload_is_classified_like_the_same_pixels_as_png(run_with_model
     import numpy as np
     from PIL import Image
 
-    from core.predict import predict_image
+    from core.training.predict import predict_image
     from test_dicom import make_dicom
 
     store, result, data = run_with_models
@@ -265,7 +270,7 @@ def test_a_dicom_upload_is_classified_like_the_same_pixels_as_png(run_with_model
 
 def test_a_non_image_upload_is_refused_with_advice(run_with_models):
     from core import CxrError
-    from core.predict import predict_image
+    from core.training.predict import predict_image
 
     store, result, _ = run_with_models
     with pytest.raises(CxrError, match="upload a PNG, JPEG or DICOM"):
@@ -283,11 +288,12 @@ def test_predict_page_classifies_a_data_set_image(run_with_models, monkeypatch):
     assert len(at.get("image")) == 2
 
 
+@pytest.mark.slow
 def test_predict_page_loads_the_fold_models_once_and_redraws_without_predicting_again(run_with_models, monkeypatch):
     """A second image costs forward passes only; the threshold and the opacity cost no prediction at all."""
     import streamlit as st
 
-    import core.predict as predict
+    import core.training.predict as predict
 
     store, result, _ = run_with_models
     st.cache_resource.clear()
@@ -308,6 +314,7 @@ def test_predict_page_loads_the_fold_models_once_and_redraws_without_predicting_
     assert {m.label: m.value for m in at.metric}["Call"] in ("Effusion", "Normal")
 
 
+@pytest.mark.slow
 def test_runs_page_renames_and_deletes_with_confirmation(tmp_path, monkeypatch):
     data = blob_dataset(tmp_path / "data", n_per_class=6)
     cfg = tiny_config(data, batch_size=4, max_iterations=1, folds=2, eval_every=1)
@@ -325,6 +332,7 @@ def test_runs_page_renames_and_deletes_with_confirmation(tmp_path, monkeypatch):
     assert store.list_runs().empty and store.predictions(run_id).empty and not (store.runs_dir / run_id).exists()
 
 
+@pytest.mark.slow
 def test_live_progress_counts_against_the_epoch_limit_too(tmp_path):
     from core.dashboard import job_progress
 
@@ -336,10 +344,11 @@ def test_live_progress_counts_against_the_epoch_limit_too(tmp_path):
     assert p["status"] == "finished" and p["total"] == 4 and p["done"] == 4 and p["fraction"] == 1.0
 
 
+@pytest.mark.slow
 def test_export_report_is_one_offline_file_with_tables_figures_and_escaped_names(finished_run, tmp_path):
     """A clinician gets one HTML file: it must open offline (plotly.js inlined once) and never run text a user typed."""
     from core.__main__ import main
-    from core.export import comparison_report_html
+    from core.results.export import comparison_report_html
 
     store, result = finished_run
     store.update_run(result.run_id, notes="<script>alert(1)</script>")
@@ -384,6 +393,7 @@ def test_a_confusion_matrix_cell_opens_its_images_in_the_gallery(finished_run, m
     assert len(at.get("image")) == 2 * min(12, n_tn)
 
 
+@pytest.mark.slow
 def test_gallery_shows_the_same_images_across_runs_side_by_side(finished_run, monkeypatch):
     store, result = finished_run
     data = store.run(result.run_id)["config"]
@@ -402,9 +412,10 @@ def test_gallery_shows_the_same_images_across_runs_side_by_side(finished_run, mo
     assert "**other run**" in captions and "**tiny run**" in captions
 
 
+@pytest.mark.slow
 def test_compare_overlays_training_curves_of_every_run(tmp_path):
     from core.dashboard import comparison
-    from core.figures import training_curves_overlay
+    from core.results.figures import training_curves_overlay
 
     data = blob_dataset(tmp_path / "data", n_per_class=9)
     store = Store(tmp_path / "runs")
@@ -451,8 +462,8 @@ def test_data_page_shows_the_leakage_audit_and_the_cohort_flow(tmp_path, monkeyp
 
 def test_forest_plot_shows_each_folds_auc_with_its_delong_interval(finished_run):
     from core.dashboard import run_detail
-    from core.figures import forest
-    from core.stats import auc_delong
+    from core.results.figures import forest
+    from core.results.stats import auc_delong
 
     store, result = finished_run
     folds = run_detail(store.runs_dir, result.run_id)["folds"]
@@ -470,7 +481,7 @@ def test_forest_plot_shows_each_folds_auc_with_its_delong_interval(finished_run)
 
 def test_confusion_matrix_names_its_summaries_and_fills_its_axes():
     """MATLAB's layout with the rates a clinician reads: columns give specificity and sensitivity, rows NPV and PPV."""
-    from core.figures import confusion_matlab
+    from core.results.figures import confusion_matlab
 
     fig = confusion_matlab(tp=143, fn=57, fp=16, tn=184, positive="Effusion", negative="Normal")
     assert list(fig.layout.xaxis.ticktext) == ["Normal<br>92.0 % correct<br>(specificity)", "Effusion<br>71.5 % correct<br>(sensitivity)"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import io
 import logging
 
@@ -36,6 +38,7 @@ def _mixed_files(root):
     return [p for pair in zip(paths, paths[::-1]) for p in pair][: len(paths)] + bad + paths[:2]  # repeats too
 
 
+@pytest.mark.slow
 def test_process_pool_and_serial_give_identical_pixels_and_reasons(tmp_path):
     paths = _mixed_files(tmp_path / "files")
     serial = ImageCache(tmp_path / "c1").load_many(paths, 224, executor="serial")
@@ -71,6 +74,7 @@ def test_processes_that_cannot_start_fall_back_to_threads(tmp_path, monkeypatch,
     assert all(np.array_equal(a.pixels, b.pixels) for a, b in zip(got, expected) if a.pixels is not None)
 
 
+@pytest.mark.slow
 def test_cached_large_jpegs_match_a_full_decode_and_resize(tmp_path):
     """The cache (draft-mode decoding, in worker processes) against Pillow's plain full-resolution decode + bicubic resize."""
     paths = [_jpeg(tmp_path / f"x{i}.jpg", 2000, 2400, 10 + i) for i in range(2)]

@@ -13,8 +13,8 @@ import duckdb
 import pytest
 
 from core.config import RunConfig
-from core.records import RunRecord, negative_class
-from core.store import Store
+from core.results.records import RunRecord, negative_class
+from core.results.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +69,7 @@ def _connections(monkeypatch) -> list[str]:
 
 
 @pytest.mark.parametrize("n_runs", [3, 40])
+@pytest.mark.slow
 def test_choosing_among_runs_costs_one_query_whatever_the_store_holds(tmp_path, monkeypatch, n_runs):
     """The Predict page opened the store once per finished run (55 s for 2,500 runs); listing is now one query."""
     from core.dashboard import finished_runs, predictable_runs
@@ -85,10 +86,11 @@ def test_choosing_among_runs_costs_one_query_whatever_the_store_holds(tmp_path, 
     assert len(opened) == 2  # one each, for 3 runs as for 40
 
 
+@pytest.mark.slow
 def test_the_report_row_names_the_negative_class_from_the_record(tmp_path):
     from conftest import blob_dataset, tiny_config
-    from core.engine import run_cross_validation
-    from core.report import run_row
+    from core.training.engine import run_cross_validation
+    from core.results.report import run_row
 
     data = blob_dataset(tmp_path / "d", n_per_class=6)
     store = Store(tmp_path / "runs")
@@ -105,6 +107,7 @@ def _page_imports(page: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in (ROOT / "pages").glob("*.py")))
+@pytest.mark.slow
 def test_a_page_does_not_load_torch_by_importing_what_it_uses(page):
     """Opening a page must not cost torch's import (seconds): training runs in a job process, Predict imports it lazily.
     Nor scikit-learn's or scipy.stats' (1.5-2 s each on the first visit): the statistics use numpy and the standard library."""

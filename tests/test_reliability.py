@@ -20,9 +20,9 @@ import torch
 from core import CxrError
 from core.__main__ import main
 from core.config import budget
-from core.engine import resume_cross_validation, run_cross_validation
-from core.lifecycle import check_resumable, current_process, effective_status, mark_interrupted
-from core.store import Store
+from core.training.engine import resume_cross_validation, run_cross_validation
+from core.jobs.lifecycle import check_resumable, current_process, effective_status, mark_interrupted
+from core.results.store import Store
 
 from conftest import blob_dataset, tiny_config
 
@@ -55,6 +55,7 @@ def sleeper():
     proc.wait()
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_found_interrupted_and_resumes_to_exactly_a_clean_runs_rows(tmp_path):
     data = blob_dataset(tmp_path / "data", n_per_class=12)
     runs = tmp_path / "runs"
@@ -137,8 +138,9 @@ def test_marking_interrupted_never_overwrites_a_run_a_resume_just_took_over(tmp_
     assert store.run("r")["status"] == "running"
 
 
+@pytest.mark.slow
 def test_a_diverging_fold_stops_the_run_with_a_clear_status_and_keeps_the_folds_before(tmp_path, monkeypatch):
-    import core.engine as engine
+    import core.training.engine as engine
 
     real = engine.train_folds
 
@@ -172,16 +174,17 @@ def test_an_absurd_learning_rate_gives_one_line_and_exit_code_2(tmp_path):
     assert last.startswith("error: fold 1 diverged at iteration ") and last.endswith("; lower the learning rate (learning_rate=1e+06)")
 
 
+@pytest.mark.slow
 def test_a_second_cuda_run_queues_until_the_gpu_is_free(tmp_path):
     """Faked on a CPU: the run's process is told its device needs the GPU slot, and this test holds the slot first."""
-    import core.engine as engine
-    from core.gpuqueue import gpu_slot, holder
+    import core.training.engine as engine
+    from core.jobs.gpuqueue import gpu_slot, holder
 
     assert not engine.needs_gpu_slot(torch.device("cpu"))  # CPU runs never queue
     data = blob_dataset(tmp_path / "d", n_per_class=6)
     store = Store(tmp_path / "runs")
     store.ensure_writable()
-    as_if_cuda = ("import sys, core.engine as e; e.needs_gpu_slot = lambda device: True\n"
+    as_if_cuda = ("import sys, core.training.engine as e; e.needs_gpu_slot = lambda device: True\n"
                   "from core.__main__ import main; sys.exit(main(sys.argv[1:]))")
     with gpu_slot(store.runs_dir, "first"):  # the first CUDA run
         proc = subprocess.Popen([sys.executable, "-c", as_if_cuda, "run", "--data", str(data), "--runs-dir", str(store.runs_dir),
@@ -204,9 +207,9 @@ def test_a_second_cuda_run_queues_until_the_gpu_is_free(tmp_path):
 
 
 def test_the_gpu_slot_is_freed_when_its_process_is_killed(tmp_path):
-    from core.gpuqueue import gpu_slot
+    from core.jobs.gpuqueue import gpu_slot
 
-    code = "import sys, time; from core.gpuqueue import gpu_slot\nwith gpu_slot(sys.argv[1], 'doomed'):\n    print('held', flush=True); time.sleep(60)"
+    code = "import sys, time; from core.jobs.gpuqueue import gpu_slot\nwith gpu_slot(sys.argv[1], 'doomed'):\n    print('held', flush=True); time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.stdout.readline().strip() == "held"
@@ -219,8 +222,9 @@ def test_the_gpu_slot_is_freed_when_its_process_is_killed(tmp_path):
     assert waited == []  # free at once: the kernel dropped the dead process's lock
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_data_set_that_changed(tmp_path, monkeypatch):
-    import core.engine as engine
+    import core.training.engine as engine
 
     data = blob_dataset(tmp_path / "d", n_per_class=6)
     store = Store(tmp_path / "runs")
@@ -242,7 +246,7 @@ def test_resume_refuses_a_data_set_that_changed(tmp_path, monkeypatch):
 
 
 def test_start_resume_passes_an_argument_list_and_records_the_new_process(tmp_path, monkeypatch, sleeper):
-    import core.jobs as jobs
+    import core.jobs.launch as jobs
 
     store = Store(tmp_path)
     store.create_run("x; rm -rf ~", status="cancelled")
@@ -265,7 +269,7 @@ def test_start_resume_passes_an_argument_list_and_records_the_new_process(tmp_pa
 
 
 def _token(pid: int) -> str:
-    from core.lifecycle import start_token
+    from core.jobs.lifecycle import start_token
 
     return start_token(pid)
 
@@ -286,7 +290,7 @@ def test_the_runs_page_lists_unfinished_runs_with_a_resume_button(tmp_path, monk
     _stopped_run(store, "killed", "running", pid=2**22 + 7)  # its process is gone
     _stopped_run(store, "stopped", "cancelled", error="cancelled by the user")
     resumed = []
-    monkeypatch.setattr("core.jobs.start_resume", lambda run_id, **kw: resumed.append((run_id, kw)) or 1)
+    monkeypatch.setattr("core.jobs.launch.start_resume", lambda run_id, **kw: resumed.append((run_id, kw)) or 1)
     monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
     monkeypatch.setenv("CXR_DEMO_DIR", str(tmp_path / "no-demo"))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
@@ -309,7 +313,7 @@ def test_the_train_page_offers_resume_for_a_failed_run_and_says_when_a_run_is_qu
     _stopped_run(store, "waits", "queued", pid=sleeper.pid, host=me.host, pid_start=_token(sleeper.pid))
     (store.runs_dir / "gpu.lock").write_text("broke")
     resumed = []
-    monkeypatch.setattr("core.jobs.start_resume", lambda run_id, **kw: resumed.append(run_id) or 1)
+    monkeypatch.setattr("core.jobs.launch.start_resume", lambda run_id, **kw: resumed.append(run_id) or 1)
     monkeypatch.setenv("CXR_RUNS_DIR", str(store.runs_dir))
     at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60)
     at.session_state["train_job"] = "broke"

@@ -14,9 +14,9 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from core import CxrError
-from core.engine import run_cross_validation
+from core.training.engine import run_cross_validation
 from core.safety import check_data_path, data_roots
-from core.store import Store
+from core.results.store import Store
 
 from conftest import blob_dataset, tiny_config
 
@@ -39,7 +39,7 @@ class _Payload:
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle protocol 2"])
 def test_a_weights_file_with_a_pickled_payload_is_refused_and_never_runs(tmp_path, writer):
-    from core.models import build_model
+    from core.training.models import build_model
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
@@ -56,8 +56,9 @@ def test_a_weights_file_with_a_pickled_payload_is_refused_and_never_runs(tmp_pat
     assert marker.exists()
 
 
+@pytest.mark.slow
 def test_a_fold_model_with_a_pickled_payload_is_refused_by_predict(tmp_path):
-    from core.predict import predict_image
+    from core.training.predict import predict_image
 
     data = blob_dataset(tmp_path / "d", n_per_class=6)
     store = Store(tmp_path / "runs")
@@ -126,7 +127,7 @@ def test_the_data_page_refuses_a_typed_path_outside_the_roots(tmp_path, monkeypa
 @pytest.mark.parametrize("field", ["train_data", "train_quick_weights"])
 def test_the_train_page_refuses_a_data_or_weights_path_outside_the_roots(tmp_path, monkeypatch, field):
     started = []
-    monkeypatch.setattr("core.jobs.start_run", lambda cfg, **kw: started.append(cfg) or ("r", 1))
+    monkeypatch.setattr("core.jobs.launch.start_run", lambda cfg, **kw: started.append(cfg) or ("r", 1))
     monkeypatch.setenv("CXR_DATA_ROOTS", str(tmp_path / "allowed"))
     monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
     (tmp_path / "allowed").mkdir()
@@ -162,6 +163,7 @@ def demo_env(demo_server, monkeypatch):
     return demo_server
 
 
+@pytest.mark.slow
 def test_demo_mode_train_page_has_no_start_buttons(demo_env):
     at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
     assert not at.exception and "Read-only demo mode" in at.info[0].value
@@ -201,7 +203,7 @@ def test_demo_mode_refuses_writes_in_core_too(demo_env):
     """Behind the hidden buttons: a forged request cannot start, resume, rename or delete anything either."""
     from core.config import preset
     from core.dashboard import delete_run, make_demo, update_run_labels
-    from core.jobs import start_resume, start_run
+    from core.jobs.launch import start_resume, start_run
 
     runs = demo_env / "runs"
     for attempt in (lambda: start_run(preset("quick"), runs_dir=runs), lambda: start_resume("stopped", runs_dir=runs),
@@ -225,6 +227,7 @@ def test_demo_mode_can_be_asked_for_on_the_streamlit_command_line(monkeypatch):
 # -- no patient identifiers in logs or the store ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dicom_identifiers_never_reach_the_log_or_the_store(tmp_path, caplog):
     import numpy as np
 

@@ -6,14 +6,16 @@ grouped, and find every image decodable.
 
 from __future__ import annotations
 
+import pytest
+
 import json
 from pathlib import Path
 
 import numpy as np
 
 from core.data.cohorts import CohortOptions, build_cohort, write_cohort
-from core.engine import run_cross_validation
-from core.store import Store
+from core.training.engine import run_cross_validation
+from core.results.store import Store
 
 from conftest import tiny_config
 from test_cohorts import EFFUSION, NORMAL, _jpeg, write_chexpert, write_nih
@@ -32,6 +34,7 @@ def _train(manifest_or_folder: Path, tmp_path: Path) -> dict:
     return store.run(result.run_id)
 
 
+@pytest.mark.slow
 def test_a_chexpert_cohort_trains_end_to_end(tmp_path):
     rows = [(f"patient{p:05d}/study1/view1_frontal.jpg", "Frontal", "PA", EFFUSION if p % 2 else NORMAL) for p in range(1, 13)]
     parent = write_chexpert(tmp_path / "chexpert", {"train": rows})
@@ -41,6 +44,7 @@ def test_a_chexpert_cohort_trains_end_to_end(tmp_path):
     assert run["status"] == "finished" and run["n_images"] == 12 and bool(run["grouped"]) and run["leak_status"] == "clean"
 
 
+@pytest.mark.slow
 def test_an_nih_cohort_trains_end_to_end(tmp_path):
     rows = [(f"{p:08d}_000.png", "Effusion|Infiltration" if p % 2 else "No Finding", str(p), "PA") for p in range(1, 13)]
     root = write_nih(tmp_path / "nih", rows)
@@ -50,6 +54,7 @@ def test_an_nih_cohort_trains_end_to_end(tmp_path):
     assert run["status"] == "finished" and run["n_images"] == 12 and run["positive_class"] == "Effusion"
 
 
+@pytest.mark.slow
 def test_dicom_class_folders_train_end_to_end(tmp_path):
     """A hospital export: one folder per class of .dcm files, MONOCHROME1 and MONOCHROME2 mixed, one damaged file."""
     rng = np.random.default_rng(0)
@@ -74,6 +79,7 @@ def test_dicom_class_folders_train_end_to_end(tmp_path):
     assert "Jane" not in images.to_csv()  # no identifier from the DICOM headers reaches the store
 
 
+@pytest.mark.slow
 def test_several_findings_train_as_mutually_exclusive_classes(tmp_path):
     """Effusion, Cardiomegaly and normal as three classes; an image with both findings is left out (the default policy)."""
     labels = ["Effusion", "Cardiomegaly", "No Finding"]
@@ -89,7 +95,7 @@ def test_several_findings_train_as_mutually_exclusive_classes(tmp_path):
                                   store=store)
     run = store.run(result.run_id)
     assert run["status"] == "finished" and sorted(json.loads(run["classes"])) == ["Cardiomegaly", "Effusion", "No Finding"]
-    from core.report import table3
+    from core.results.report import table3
 
     row = table3(store, [result.run_id])[0]
     assert set(row["auc_one_vs_rest"]) == {"Cardiomegaly", "Effusion", "No Finding"}  # one-vs-rest AUC per class, and their mean

@@ -11,10 +11,10 @@ import torch
 from scipy import stats
 from sklearn.metrics import roc_auc_score
 
-from core.augment import AugmentSpec, augment_batch, sample_params
-from core.models import build_model
-from core.runtime import Execution, physical_cores, resident_pixels, resolve, setup_device
-from core.train import train_fold
+from core.training.augment import AugmentSpec, augment_batch, sample_params
+from core.training.models import build_model
+from core.training.runtime import Execution, physical_cores, resident_pixels, resolve, setup_device
+from core.training.train import train_fold
 
 from conftest import tiny_config
 
@@ -43,6 +43,7 @@ def _fit(cfg, seed=0):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.slow
 def test_bf16_autocast_agrees_with_fp32_within_the_stated_auc_tolerance(device):
     """Same seed, same batches, same augmentation: fp32 and bf16 autocast (CPU) agree on held-out AUC within 0.05.
 
@@ -65,6 +66,7 @@ def test_bf16_autocast_agrees_with_fp32_within_the_stated_auc_tolerance(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.slow
 def test_channels_last_computes_the_same_forward_pass_and_reaches_the_same_auc(device):
     """NHWC changes only the order of float sums: the first loss agrees to 1e-4. Later iterations drift
     further apart than that (measured: BatchNorm over 6 images at a 1 x 1 map cancels gradients, so
@@ -87,14 +89,14 @@ def test_a_failing_torch_compile_falls_back_to_eager_with_identical_results(monk
         return fail
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    with caplog.at_level(logging.WARNING, logger="core.runtime"):
+    with caplog.at_level(logging.WARNING, logger="core.training.runtime"):
         compiled, _ = _fit(cfg.replace(torch_compile=True))
     assert "torch.compile failed" in caplog.text
     assert [r["loss"] for r in compiled.curve] == [r["loss"] for r in eager.curve]
 
 
 def test_compiling_uses_cuda_graphs_on_a_gpu_and_the_default_mode_on_the_cpu(monkeypatch):
-    from core.runtime import maybe_compile
+    from core.training.runtime import maybe_compile
 
     modes = []
     monkeypatch.setattr(torch, "compile", lambda model, mode="default": modes.append(mode) or model)
@@ -105,7 +107,7 @@ def test_compiling_uses_cuda_graphs_on_a_gpu_and_the_default_mode_on_the_cpu(mon
 
 
 def test_auto_settings_resolve_per_device(monkeypatch):
-    import core.runtime as runtime
+    import core.training.runtime as runtime
 
     monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
     cpu = resolve(torch.device("cpu"))
@@ -122,7 +124,7 @@ def test_auto_settings_resolve_per_device(monkeypatch):
 
 
 def test_native_bf16_is_read_from_the_cpu_flags():
-    from core.runtime import has_bf16_flags
+    from core.training.runtime import has_bf16_flags
 
     flags = "flags\t\t: fpu vme sse sse2 avx2 avx512f avx512bw"
     assert not has_bf16_flags(flags)  # AVX-512 alone only emulates bf16 (20x slower than fp32, measured)
@@ -150,7 +152,7 @@ def test_the_data_set_is_transferred_once_per_run():
 
 
 def test_predict_in_bf16_returns_float_probabilities():
-    from core.train import predict_probs
+    from core.training.train import predict_probs
 
     torch.manual_seed(0)
     model, _ = build_model("resnet18", 2, "none")
@@ -198,7 +200,7 @@ def test_scale_crop_and_shift_are_uniform_over_the_study_ranges():
 
 
 def test_torchvision_v2_on_a_batch_draws_once_which_is_why_we_do_not_use_it():
-    """The contrast that justifies core.augment: v2's RandomHorizontalFlip on a batch tensor flips all images or none."""
+    """The contrast that justifies core.training.augment: v2's RandomHorizontalFlip on a batch tensor flips all images or none."""
     from torchvision.transforms import v2
 
     x = torch.rand(1, 1, 16, 16).expand(64, -1, -1, -1).contiguous()
@@ -209,7 +211,7 @@ def test_torchvision_v2_on_a_batch_draws_once_which_is_why_we_do_not_use_it():
 
 
 def test_grad_cam_maps_of_images_predicted_positive_are_computed_once_and_equal_a_separate_pass(monkeypatch):
-    from core import explain
+    from core.training import explain
 
     torch.manual_seed(0)
     model, _ = build_model("resnet18", 2, "none")

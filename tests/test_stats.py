@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
 
-from core.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, roc_band, threshold_for_sensitivity,
+from core.results.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, roc_band, threshold_for_sensitivity,
                         threshold_youden, wilson)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "delong"
@@ -84,11 +84,11 @@ def test_roc_band_contains_the_curve_and_resamples_patients():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_our_roc_curve_is_scikit_learns(seed):
-    """core.stats.roc_curve replaces sklearn's in hot loops (operating points, bootstrap bands): the same points and thresholds,
+    """core.results.stats.roc_curve replaces sklearn's in hot loops (operating points, bootstrap bands): the same points and thresholds,
     ties and corner-dropping included."""
     from sklearn.metrics import roc_curve as sk_roc_curve
 
-    from core.stats import roc_curve
+    from core.results.stats import roc_curve
 
     rng = np.random.default_rng(seed)
     n = [7, 50, 400, 1000, 33, 200][seed]
@@ -101,10 +101,10 @@ def test_our_roc_curve_is_scikit_learns(seed):
 
 
 def test_mid_ranks_are_scipys():
-    """DeLong's placements need mid-ranks; core.stats computes them with numpy (scipy.stats costs seconds to import)."""
+    """DeLong's placements need mid-ranks; core.results.stats computes them with numpy (scipy.stats costs seconds to import)."""
     from scipy.stats import rankdata as scipy_rankdata
 
-    from core.stats import rankdata
+    from core.results.stats import rankdata
 
     rng = np.random.default_rng(3)
     for x in (rng.random(50), np.round(rng.random(200), 1), np.ones(5), np.array([2.0]), np.array([3, 1, 2, 1, 3, 3])):

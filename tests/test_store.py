@@ -12,14 +12,14 @@ from pathlib import Path
 import pytest
 
 from core import CxrError
-from core.store import Store
+from core.results.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 
 WRITER = textwrap.dedent(
     """
     import sys, time
-    from core.store import Store, IterationBuffer
+    from core.results.store import Store, IterationBuffer
     store = Store(sys.argv[1])
     store.create_run("live", status="running")
     buf = IterationBuffer(store, interval_s=0.05)
@@ -33,6 +33,7 @@ WRITER = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_dashboard_reads_while_a_run_writes_without_errors_or_lost_rows(tmp_path):
     store = Store(tmp_path)
     store.create_run("seed")  # the file exists before the reader starts
@@ -83,7 +84,7 @@ def _version_1_store(folder: Path) -> None:
     """A store as the first release wrote it, holding one finished run 'old'."""
     import duckdb
 
-    from core.store import _SCHEMA_V1
+    from core.results.store import _SCHEMA_V1
 
     con = duckdb.connect(str(folder / "runs.duckdb"))
     con.execute(_SCHEMA_V1)
@@ -93,7 +94,7 @@ def _version_1_store(folder: Path) -> None:
 
 
 def test_a_version_1_store_is_migrated_forward(tmp_path):
-    from core.store import SCHEMA_VERSION
+    from core.results.store import SCHEMA_VERSION
 
     _version_1_store(tmp_path)
     store = Store(tmp_path)
@@ -106,7 +107,7 @@ def test_a_version_1_store_is_migrated_forward(tmp_path):
 def test_a_dashboard_reading_an_old_store_first_migrates_it(tmp_path):
     """After an upgrade the first access is often a page reading the runs list, not a writer: it must not fail on new columns."""
     from core.dashboard import runs_overview
-    from core.store import SCHEMA_VERSION
+    from core.results.store import SCHEMA_VERSION
 
     _version_1_store(tmp_path)
     table = runs_overview(tmp_path)

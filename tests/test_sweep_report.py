@@ -7,10 +7,10 @@ import json
 import pytest
 
 from core import CxrError
-from core.report import sweep_run_ids, table3, to_json, to_markdown
-from core.stats import auc_delong, delong_paired
-from core.store import Store
-from core.sweep import parse_grid, run_sweep
+from core.results.report import sweep_run_ids, table3, to_json, to_markdown
+from core.results.stats import auc_delong, delong_paired
+from core.results.store import Store
+from core.training.sweep import parse_grid, run_sweep
 
 from conftest import blob_dataset, tiny_config
 
@@ -26,6 +26,7 @@ def sweep(tmp_path_factory):
     return store, sweep_id, [r.run_id for r in results]
 
 
+@pytest.mark.slow
 def test_every_run_of_a_sweep_uses_the_same_splits(sweep):
     store, sweep_id, run_ids = sweep
     assert len(run_ids) == 4 and sweep_run_ids(store, sweep_id) == run_ids
@@ -85,7 +86,7 @@ def test_operating_points_say_where_their_threshold_came_from(sweep):
 
 
 def test_report_has_per_fold_rates_calibration_and_a_patient_bootstrap_roc_band(sweep):
-    from core.report import roc_with_band
+    from core.results.report import roc_with_band
 
     store, _, run_ids = sweep
     row = table3(store, run_ids[-1:])[0]

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from core.augment import AugmentSpec, affine_matrices, augment_batch, sample_params
-from core.models import build_model
+from core.training.augment import AugmentSpec, affine_matrices, augment_batch, sample_params
+from core.training.models import build_model
 from core.config import budget
-from core.train import train_fold
+from core.training.train import train_fold
 
 
 def test_augmentation_parameters_are_drawn_per_image_with_probability_p():
@@ -57,6 +57,7 @@ def _train(cfg, x_test, y_test):
                       fold=0, device=torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_the_held_out_fold_does_not_influence_training(tiny_cfg):
     cfg = tiny_cfg.replace(max_iterations=6, eval_every=1)
     g = torch.Generator().manual_seed(5)

@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import dashboard
-from core.records import RunRecord
+from core.results.records import RunRecord
 from pages.ui.display import run_label
 
 

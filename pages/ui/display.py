@@ -2,7 +2,7 @@
 
 Why here and not in core: core hands the pages typed records and plain numbers (fractions in [0, 1]);
 how they read on screen is the dashboard's choice, made once so every page says the same thing the
-same way. The units follow the study's Table 3 (and core.report, which writes it for exports and the
+same way. The units follow the study's Table 3 (and core.results.report, which writes it for exports and the
 command line): AUC as a percentage with two decimals ("93.53 %"), accuracy, sensitivity, specificity,
 PPV and NPV as percentages with one; intervals as "low-high" in the same unit.
 """
@@ -57,7 +57,7 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
         "status": runs["status"],
         "preset": runs["preset"].replace("", "custom"),
         "tags": runs["tags"],
-        "data": ["synthetic demo" if s else "user data" for s in runs["synthetic"]],
+        "data": ["synthetic demo" if s is True else "user data" for s in runs["synthetic"].astype(object).where(runs["synthetic"].notna(), None)],
         "images": runs["n_images"],
         "folds": runs["folds"],
         "AUC % (pooled)": percent_column(runs["auc"], 2),
@@ -94,7 +94,7 @@ RATES = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV
 
 
 def rates_table(rates: dict) -> pd.DataFrame:
-    """core.stats.at_threshold's rates, one row each, with Wilson intervals."""
+    """core.results.stats.at_threshold's rates, one row each, with Wilson intervals."""
     return pd.DataFrame([{"measure": label, "value": pct(rates[key]), "95 % CI (Wilson)": interval(rates[f"{key}_ci_low"], rates[f"{key}_ci_high"])}
                          for key, label in RATES.items()])
 

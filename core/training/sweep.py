@@ -11,8 +11,8 @@ from core.ids import new_sweep_id
 from core.config import RunConfig, apply_overrides
 
 if TYPE_CHECKING:  # the engine (torch) is imported only to run: parsing and checking a grid stays instant
-    from core.engine import Progress, RunResult
-    from core.store import Store
+    from core.training.engine import Progress, RunResult
+    from core.results.store import Store
 
 # Settings that change which images go where: a sweep over them would compare runs on other splits.
 SPLIT_FIELDS = {"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column", "folds", "seed",
@@ -51,7 +51,7 @@ def expand(base: RunConfig, grid: dict[str, list[str]]) -> list[tuple[dict[str, 
 def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, preset: str = "", progress: Progress | None = None,
               sweep_id: str | None = None) -> tuple[str, list[RunResult]]:
     """Run every combination; the first run's splits are reused by all the others."""
-    from core.engine import run_cross_validation
+    from core.training.engine import run_cross_validation
 
     combos = expand(base, grid)
     sweep_id = sweep_id or new_sweep_id()

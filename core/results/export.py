@@ -18,10 +18,10 @@ from pathlib import Path
 import pandas as pd
 
 from core import __version__
-from core import figures
-from core.report import roc_with_band, table3, table_cells, _footer, _with_ci
-from core.records import RunRecord
-from core.store import Store
+from core.results import figures
+from core.results.report import roc_with_band, table3, table_cells, _footer, _with_ci
+from core.results.records import RunRecord
+from core.results.store import Store
 
 REPORT_TEMPLATE = "plotly_white"  # printed or projected reports read better on white than the dashboard's dark theme
 
@@ -153,7 +153,7 @@ def _cam_strip(runs_dir: Path, run_id: str, n: int) -> str:
     from PIL import Image
 
     from core.dashboard import gallery
-    from core.overlay import mask_outline, overlay
+    from core.results.overlay import mask_outline, overlay
 
     items = []
     for outcome in ("TP", "FN", "FP", "TN"):

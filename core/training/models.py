@@ -191,7 +191,7 @@ def param_groups(model: nn.Module, backbone: str, *, lr: float, head_lr_factor: 
 
 def named_param_groups(named: dict[str, torch.Tensor], backbone: str, *, lr: float, head_lr_factor: float,
                        freeze_backbone: bool) -> list[dict]:
-    """`param_groups` over parameters by name, so that stacked fold parameters (core/foldstack.py) group the same way.
+    """`param_groups` over parameters by name, so that stacked fold parameters (core/training/foldstack.py) group the same way.
 
     A frozen backbone's tensors stop requiring gradients and are left out of the optimiser.
     """

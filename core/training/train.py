@@ -19,12 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from core import CxrError
-from core.augment import AugmentSpec, affine_matrices, sample_params, warp
-from core.cudagraph import GraphedStep, capture_cuda_graph
+from core.training.augment import AugmentSpec, affine_matrices, sample_params, warp
+from core.training.cudagraph import GraphedStep, capture_cuda_graph
 from core.config import RunConfig, budget
-from core.foldstack import stack, stacked_param_groups
-from core.models import make_optimizer
-from core.runtime import Execution, execution_for, maybe_compile
+from core.training.foldstack import stack, stacked_param_groups
+from core.training.models import make_optimizer
+from core.training.runtime import Execution, execution_for, maybe_compile
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def train_fold(
         y_train, y_test: (N,) int64 class indices.
         fold: fold index, mixed into the seeds so folds differ but runs repeat.
         on_iteration: called with every curve row as it is produced (progress, live store).
-        execution: precision, memory format and compilation (core.runtime); default: resolved from `cfg` for `device`.
+        execution: precision, memory format and compilation (core.training.runtime); default: resolved from `cfg` for `device`.
 
     The one-fold case of `train_folds`.
     """
@@ -128,15 +128,15 @@ def train_folds(
 
     Args:
         jobs: the folds, each with its own freshly built model; all must have the same iteration
-            budget and batch size (`core.engine` groups them so).
+            budget and batch size (`core.training.engine` groups them so).
         on_iteration: called with (fold, curve row) for every row of every fold as it is produced.
 
     Returns:
         One FoldOutcome per job, in order, each holding its own trained module.
 
-    K = 1 trains the module itself; K > 1 trains the models together (core/foldstack.py): stacked under vmap
+    K = 1 trains the module itself; K > 1 trains the models together (core/training/foldstack.py): stacked under vmap
     on a CPU, as plain modules on a CUDA stream each on a GPU. On a GPU the whole step (forward, backward,
-    optimiser) is captured once as a CUDA graph and replayed (core/cudagraph.py, `cuda_graphs`).
+    optimiser) is captured once as a CUDA graph and replayed (core/training/cudagraph.py, `cuda_graphs`).
     Each fold draws its batches and augmentation from its own generators, seeded by `cfg.seed`
     and its fold index, so a fold sees the same images in the same order whether it trains alone
     or with others. Batches are gathered by index where the images are (on the GPU when the engine
@@ -258,7 +258,7 @@ def train_folds(
 
 
 def graphed_step(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], zero_grad: Callable[[], None], models) -> GraphedStep:
-    """The training step as a CUDA graph (core/cudagraph.py). Folds trained together on their own streams are
+    """The training step as a CUDA graph (core/training/cudagraph.py). Folds trained together on their own streams are
     captured as one graph with a branch per fold; if that capture fails, it is tried once more with the folds
     on one stream, and then the step stays eager."""
 

@@ -11,7 +11,7 @@ run on a GPU execute the same training code and differ only in the settings reso
 | `cudnn.benchmark` | - | on (fixed input sizes: the fastest kernels are picked once) |
 | TF32 convolutions | - | off (torch's default is on): fp32 is fp32 |
 | `torch_compile` | off unless asked; falls back to eager when compilation fails | same, in `reduce-overhead` mode (CUDA graphs: one launch per captured graph instead of one per kernel) |
-| `cuda_graphs` | - (CUDA only) | on unless torch_compile is: each training step is captured once and replayed (core/cudagraph.py) |
+| `cuda_graphs` | - (CUDA only) | on unless torch_compile is: each training step is captured once and replayed (core/training/cudagraph.py) |
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class Execution:
     amp_dtype: torch.dtype | None  # None = plain fp32
     channels_last: bool
     compile: bool = False
-    graphs: bool = False  # the training step is captured as a CUDA graph (core/cudagraph.py)
+    graphs: bool = False  # the training step is captured as a CUDA graph (core/training/cudagraph.py)
 
     @property
     def compile_mode(self) -> str:
@@ -169,7 +169,7 @@ def physical_cores() -> int:
 def maybe_compile(model: Callable[..., torch.Tensor], enabled: bool, mode: str = "default") -> Callable[..., torch.Tensor]:
     """The callable the training loop should use for forward passes: torch.compile(model) when asked, else the model.
 
-    `model` is a module or the forward function of folds stacked under vmap (core/foldstack.py).
+    `model` is a module or the forward function of folds stacked under vmap (core/training/foldstack.py).
 
     Compilation happens lazily at the first call; `CompiledForward` catches a failure there and
     falls back to the eager model for the rest of the run (with one warning), so `torch_compile=true`
@@ -230,7 +230,7 @@ GPU_FILL_IMAGES_224 = 256
 
 
 def pack_size(parallel_folds: int, *, device: torch.device, batch_size: int, image_size: int, folds: int) -> int:
-    """How many folds to train at once (core/foldstack.py): the setting when given, else the `auto` rule.
+    """How many folds to train at once (core/training/foldstack.py): the setting when given, else the `auto` rule.
 
     auto: 1 on the CPU, where stacked folds measured slower than one after another (forward and
     backward of 5 ResNet-18s at 64 px, batch 32, 2 cores: 2.0-2.7 s stacked against 0.9-1.0 s; 2 folds

@@ -13,9 +13,9 @@ import json
 import numpy as np
 
 from core import CxrError
-from core.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, mean_sd, roc_band,
+from core.results.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
-from core.store import Store
+from core.results.store import Store
 
 IN_SAMPLE = "pooled out-of-fold predictions of this run (chosen and evaluated on the same predictions: optimistic)"
 CROSS_FITTED = "for each fold, the other folds' out-of-fold predictions; applied to that fold (no image picks its own threshold)"

@@ -67,7 +67,7 @@ def augment_batch(images: torch.Tensor, spec: AugmentSpec, generator: torch.Gene
 def warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     """Apply one (2, 3) matrix per image: (n, c, h, w) and (n, 2, 3) -> (n, c, h, w), in one `grid_sample`.
 
-    Folds trained together (core/foldstack.py) draw their matrices from their own generators and
+    Folds trained together (core/training/foldstack.py) draw their matrices from their own generators and
     warp all their images in this one call.
     """
     theta = theta.to(images.device, images.dtype)

@@ -1,7 +1,7 @@
 """A run's life: its statuses, whether the process behind a 'running' run still lives, and what may be resumed.
 
 Statuses (`runs.status`):
-  queued      waiting for the GPU another run holds (core/gpuqueue.py)
+  queued      waiting for the GPU another run holds (core/jobs/gpuqueue.py)
   running     training; its process id, host and process start time are stored with it
   finished    every fold trained and the pooled metrics stored
   failed      stopped by an error (`runs.error` says which; a diverged fold, a full disk, ...)

@@ -4,7 +4,7 @@ Why: the engine receives one typed `RunConfig`; the read side used to hand out r
 dozen string keys, and derived the same facts again in several places (the positive class's
 index rebuilt from JSON, the negative class named "rest" in some places and "other" in another,
 the stored configuration parsed back as a plain dict). Each derived fact is defined here once.
-No SQL (core/store.py holds every statement), no torch, no Streamlit.
+No SQL (core/results/store.py holds every statement), no torch, no Streamlit.
 """
 
 from __future__ import annotations
@@ -167,5 +167,5 @@ class RunRecord:
 
     @property
     def owner(self) -> dict:
-        """What core.lifecycle needs to tell whether the run's process is alive."""
+        """What core.jobs.lifecycle needs to tell whether the run's process is alive."""
         return {"status": self.status, "pid": self.pid, "host": self.host, "pid_start": self.pid_start}

@@ -44,7 +44,7 @@ class GraphedStep:
         zero_grad: sets the gradients to None; called before every eager step and once before capture.
         warmup: eager calls before the capture (3, as PyTorch's examples; cuDNN autotuning happens there).
         capture: makes the graph: takes a function, returns (replay, its static output) without running it;
-            default CUDA graphs (tests on a CPU pass an emulation, core.train a retry with the folds on one stream).
+            default CUDA graphs (tests on a CPU pass an emulation, core.training.train a retry with the folds on one stream).
         side_stream: the context eager warm-up runs in; default a fresh CUDA stream.
 
     The step's inputs must keep their shape, dtype and strides from call to call (one fold's batch does).

@@ -25,15 +25,15 @@ from core import CxrError, __version__
 from core.config import RunConfig, budget
 from core.data.prepare import PreparedData, cache_dir_for, prepare_data
 from core.data.splits import assign_folds, audit_leakage
-from core.explain import explain_fold, summarize_localisation
-from core.gpuqueue import gpu_slot
+from core.training.explain import explain_fold, summarize_localisation
+from core.jobs.gpuqueue import gpu_slot
 from core.ids import new_run_id
-from core.lifecycle import check_resumable, current_process
-from core.metrics import summarize
-from core.models import build_model
-from core.runtime import execution_for, pack_size, plan_packs, resident_pixels, setup_device
-from core.store import DiskFullError, IterationBuffer, Store, is_disk_full, now
-from core.train import DivergedError, FoldData, FoldOutcome, step_shape, train_folds
+from core.jobs.lifecycle import check_resumable, current_process
+from core.training.metrics import summarize
+from core.training.models import build_model
+from core.training.runtime import execution_for, pack_size, plan_packs, resident_pixels, setup_device
+from core.results.store import DiskFullError, IterationBuffer, Store, is_disk_full, now
+from core.training.train import DivergedError, FoldData, FoldOutcome, step_shape, train_folds
 
 # Progress events: {"event": "loading"|"run_start"|"queued"|"fold_start"|"iteration"|"fold_end"|"run_end", ...}
 Progress = Callable[[dict], None]
@@ -57,13 +57,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def needs_gpu_slot(device: torch.device) -> bool:
-    """CUDA runs take turns on the GPU (core/gpuqueue.py); CPU runs never wait."""
+    """CUDA runs take turns on the GPU (core/jobs/gpuqueue.py); CPU runs never wait."""
     return device.type == "cuda"
 
 
 def code_version() -> str:
     """The git commit of this checkout when there is one (marked -dirty if edited), else the package version."""
-    repo = Path(__file__).resolve().parent.parent
+    repo = Path(__file__).resolve().parents[2]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo, capture_output=True, text=True, timeout=5)
@@ -202,7 +202,7 @@ def resume_cross_validation(store: Store, run_id: str, *, device: str | None = N
 
 
 def _owner() -> dict:
-    """Who runs the run now: pid, host and process start token (core/lifecycle.py tells a reused pid apart)."""
+    """Who runs the run now: pid, host and process start token (core/jobs/lifecycle.py tells a reused pid apart)."""
     me = current_process()
     return {"pid": me.pid, "host": me.host, "pid_start": me.token}
 

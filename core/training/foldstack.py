@@ -7,7 +7,7 @@ take the same number of steps, so K of them can share every launch. vmap was wri
 (each convolution becomes one grouped convolution over K weight sets, each BatchNorm one call
 over K sets of statistics), but on the H200 (2026-12-04) ten stacked folds ran no faster than one
 and two of its gaps failed on CUDA; there the launches are now saved by capturing the whole step
-as a CUDA graph (core/cudagraph.py), with the folds as `FoldModules` branches of one graph. vmap
+as a CUDA graph (core/training/cudagraph.py), with the folds as `FoldModules` branches of one graph. vmap
 remains for a CPU asked for `parallel_folds` > 1.
 
 What stays exactly as if each fold trained alone:
@@ -52,7 +52,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from core.models import BACKBONES, get_module, named_param_groups
+from core.training.models import BACKBONES, get_module, named_param_groups
 
 
 def set_train_mode(model: nn.Module, backbone: str, freeze_backbone: bool) -> None:
@@ -200,7 +200,7 @@ class FoldModules:
     its gaps failed on CUDA only (a BatchNorm rule that cannot query NHWC strides, and convolutions left
     in fp32 under autocast). Here every fold runs its own ordinary kernels; with `streams`, each fold's
     forward (and so, by autograd's stream rule, its backward) runs on a CUDA stream of its own, so the
-    folds' small kernels overlap on the GPU, and a captured step (core/cudagraph.py) becomes one graph
+    folds' small kernels overlap on the GPU, and a captured step (core/training/cudagraph.py) becomes one graph
     with a branch per fold.
     """
 

@@ -27,7 +27,7 @@ import duckdb
 import pandas as pd
 
 from core import CxrError
-from core.records import RunRecord, RunSummary
+from core.results.records import RunRecord, RunSummary
 
 SCHEMA_VERSION = 4
 DB_NAME = "runs.duckdb"
@@ -85,7 +85,7 @@ ALTER TABLE datasets ADD COLUMN IF NOT EXISTS flow VARCHAR;
 """
 
 # v4: who runs a run, beyond its pid (a pid can be reused after a crash): the host and the process start token
-# (core/lifecycle.py), and how many times it was resumed.
+# (core/jobs/lifecycle.py), and how many times it was resumed.
 _SCHEMA_V4 = """
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS host VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_start VARCHAR;

@@ -16,7 +16,7 @@ OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
     # No template: the dashboard draws figures in Streamlit's theme, which follows the viewer's light or dark
     # choice (a fixed plotly_dark was overridden there anyway, and deep-copying it cost ~40 ms a figure);
-    # exports set their own (core/export.py).
+    # exports set their own (core/results/export.py).
     fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, legend_title_text="",
                       legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
                       margin=dict(l=60, r=20, t=60, b=50), height=480)

@@ -1,7 +1,7 @@
 """Grad-CAM heat maps (pytorch-grad-cam) on each backbone's last convolutional block, and how well they localise a lesion.
 
 Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based
-Localization". The target layer per backbone is `Backbone.cam_layer` in core/models.py
+Localization". The target layer per backbone is `Backbone.cam_layer` in core/training/models.py
 (`layer4[-1]` for ResNets: the last block, whose maps keep the most class-specific meaning).
 Its stride is 32, so a 64 px input gives a 2 x 2 map and 224 px a 7 x 7 map: localisation
 scores below allow one map cell of tolerance and report the chance level beside each score
@@ -17,8 +17,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy.ndimage import distance_transform_edt
 from torch import nn
 
-from core.models import BACKBONES, get_module
-from core.train import normalize, to_input
+from core.training.models import BACKBONES, get_module
+from core.training.train import normalize, to_input
 
 
 def cam_layer(model: nn.Module, backbone: str) -> nn.Module:

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from core.config import RunConfig
 from core.ids import new_run_id
-from core.lifecycle import ACTIVE, check_resumable, identify, is_alive, run_alive
+from core.jobs.lifecycle import ACTIVE, check_resumable, identify, is_alive, run_alive
 from core.safety import refuse_in_demo_mode
-from core.store import Store
+from core.results.store import Store
 
 __all__ = ["start_run", "start_sweep", "start_resume", "cancel", "is_alive", "log_tail"]
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository, where `python -m core` runs
 
 
 def start_run(cfg: RunConfig, *, runs_dir: Path, preset: str = "custom", name: str = "") -> tuple[str, int]:
@@ -40,7 +40,7 @@ def start_run(cfg: RunConfig, *, runs_dir: Path, preset: str = "custom", name: s
 def start_sweep(cfg: RunConfig, grid: dict[str, list[str]], *, runs_dir: Path, preset: str = "custom") -> tuple[str, int]:
     """Start a sweep (the product of `grid` over `cfg`) in the background; returns (sweep_id, pid). Log: runs/jobs/<sweep_id>.log."""
     from core.ids import new_sweep_id
-    from core.sweep import expand
+    from core.training.sweep import expand
 
     refuse_in_demo_mode("training")
     expand(cfg, grid)  # every combination is validated here, so a bad value is refused before anything starts

@@ -15,10 +15,10 @@ import torch
 
 from core import CxrError
 from core.data.decode import DecodeError, decode_bytes
-from core.explain import cams_and_probs
-from core.models import build_model
-from core.records import RunRecord
-from core.store import Store
+from core.training.explain import cams_and_probs
+from core.training.models import build_model
+from core.results.records import RunRecord
+from core.results.store import Store
 
 
 @dataclass(frozen=True)

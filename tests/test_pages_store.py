@@ -1,0 +1,103 @@
+"""Every page on a store that was built, not trained (bench/dashboard.py's builder, at a small size): quick enough for
+`pytest -m "not slow"`, and the pages' read side (lists, records, caches, fragments) exercised on many runs at once.
+
+The page tests that train their own runs (tests/test_pages.py) stay in the full suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from bench.dashboard import build_store
+
+PAGES = Path(__file__).resolve().parent.parent / "pages"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """12 finished runs (a sweep of 3 among them), 7 unfinished ones, 40 images each; no fold models (Predict lists none)."""
+    return build_store(tmp_path_factory.mktemp("built"), runs=12, predictions=480, model_runs=0)
+
+
+@pytest.fixture
+def env(built, monkeypatch):
+    monkeypatch.setenv("CXR_RUNS_DIR", str(built.runs_dir))
+    monkeypatch.setenv("CXR_DEMO_DIR", str(built.demo_dir))
+    return built
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(PAGES / name), default_timeout=60)
+
+
+def shown(at: AppTest) -> list[str]:
+    return [e.value for e in at.exception] + [e.value for e in at.error]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in PAGES.glob("*.py") if p.name != "__init__.py"))
+def test_every_page_renders_on_a_store_of_many_runs_without_an_error(env, name):
+    at = page(name).run()
+    assert not shown(at)
+
+
+def test_the_home_page_lists_every_run_by_name_first(env):
+    table = page("home.py").run().dataframe[0].value
+    assert table.columns[0] == "name" and len(table) == env.sizes["runs"]
+    assert set(env.finished) <= set(table["run"]) and table["AUC % (pooled)"].between(0, 100).sum() == env.sizes["finished_runs"]
+
+
+def test_the_runs_threshold_slider_changes_the_rates(env):
+    at = page("2_Runs.py").run()
+    before = next(df.value for df in at.dataframe if "measure" in df.value.columns).set_index("measure")
+    at.slider(key="runs_threshold").set_value(0.99).run()
+    after = next(df.value for df in at.dataframe if "measure" in df.value.columns).set_index("measure")
+    assert not shown(at) and after.loc["specificity", "value"] != before.loc["specificity", "value"]
+    assert after.loc["specificity", "value"].endswith(" %")
+
+
+def test_compare_puts_two_chosen_runs_in_table_3_under_their_names(env):
+    at = page("3_Compare.py").run()
+    at.radio(key="compare_mode").set_value("chosen runs").run()
+    at.multiselect(key="compare_runs").set_value(env.finished[:2]).run()
+    assert not shown(at)
+    table = next(df.value for df in at.dataframe if "DeLong p vs first" in df.value.columns)
+    assert len(table) == 2 and all(not name.startswith("2026") for name in table.index)  # names, not ids
+
+
+def test_a_sweep_is_compared_as_a_whole(env):
+    at = page("3_Compare.py").run()
+    assert at.radio(key="compare_mode").value == "a sweep"
+    table = next(df.value for df in at.dataframe if "DeLong p vs first" in df.value.columns)
+    assert len(table) == 3
+
+
+def test_the_gallery_filters_by_outcome(env):
+    at = page("4_Grad-CAM.py").run()
+    at.multiselect(key="cam_outcomes").set_value(["FN"]).run()
+    assert not shown(at)
+    captions = [img.caption for element in at.main if type(element).__name__ == "Image" for img in element.proto.imgs]
+    outcomes = {c.split(" · ")[0] for c in captions if " · p(positive) " in c}
+    assert outcomes == {"FN"}
+
+
+def test_the_data_pages_fold_preview_follows_the_folds(env):
+    at = page("0_Data.py").run()
+    at.number_input(key="data_folds").set_value(4).run()
+    preview = next(df.value for df in at.dataframe if df.value.index.name == "fold")
+    assert not shown(at) and len(preview) == 4
+
+
+def test_a_renamed_run_shows_its_new_name_at_once_though_run_lists_are_cached(tmp_path, monkeypatch):
+    """Lists are cached on the store's version: any committed write (here a rename) must show on the next rerun."""
+    from core.results.store import Store
+
+    built = build_store(tmp_path, runs=3, predictions=60, model_runs=0)
+    monkeypatch.setenv("CXR_RUNS_DIR", str(built.runs_dir))
+    at = page("2_Runs.py").run()
+    run_id = at.selectbox(key="runs_run").value
+    Store(built.runs_dir).update_run(run_id, name="renamed by another tab")
+    at.run()
+    assert at.selectbox(key="runs_run").format_func(run_id).startswith("renamed by another tab")
