@@ -73,8 +73,9 @@ st.subheader("Confusion matrices")
 cols = st.columns(2)
 for k, r in enumerate(c["rows"]):
     m = r["confusion"]
-    fig = figures.confusion_matlab(m["tp"], m["fn"], m["fp"], m["tn"], positive=r["positive_class"], negative=r["negative_class"])
-    event = cols[k % 2].plotly_chart(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"), width="stretch",
+    fig = figures.confusion_matlab(m["tp"], m["fn"], m["fp"], m["tn"], positive=r["positive_class"], negative=r["negative_class"],
+                                   title_prefix=f"{r['name']}: ")
+    event = cols[k % 2].plotly_chart(fig, width="stretch",
                                      on_select="rerun", selection_mode="points", key=f"compare_confusion_{r['run_id']}")
     picked = [pt["customdata"] for pt in (event.selection.points if event else []) if pt.get("customdata")]
     if picked:  # those images in the gallery, with every compared run side by side

@@ -93,8 +93,8 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         figs = [figures.roc_overlay(curves), figures.accuracy_vs_time(rows)]
         for r in rows:
             c = r["confusion"]
-            fig = figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=r["positive_class"], negative=r["negative_class"])
-            figs.append(fig.update_layout(title=f"{r['name']}: {fig.layout.title.text}"))
+            figs.append(figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=r["positive_class"],
+                                                 negative=r["negative_class"], title_prefix=f"{r['name']}: "))
     for fig in figs:
         plots.append(_figure(fig, first=not plots))
     parts.append("<div class='grid'>" + "".join(f"<div>{p}</div>" for p in plots) + "</div>")

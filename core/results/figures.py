@@ -1,7 +1,13 @@
 """Plotly figures for the dashboard and HTML exports: titled, labelled, with units, in colour-blind-safe colours.
 
 Colours are the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"), which stays
-distinguishable under the common colour-vision deficiencies.
+distinguishable under the common colour-vision deficiencies, without its black: a black curve or
+marker vanishes on the dark theme. Past seven series, colours repeat with a dashed line.
+
+Each figure is built whole, traces and layout in one `go.Figure(...)` call: plotly validates it
+once, where adding traces and then merging layout keywords one by one cost 10-40 ms a figure,
+which a page with six figures noticed. No template: the dashboard draws figures in Streamlit's
+theme, which follows the viewer's light or dark choice; exports set their own (core/results/export.py).
 """
 
 from __future__ import annotations
@@ -10,152 +16,165 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
+CHANCE = dict(color="grey", dash="dot")
 
 
-def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
-    # No template: the dashboard draws figures in Streamlit's theme, which follows the viewer's light or dark
-    # choice (a fixed plotly_dark was overridden there anyway, and deep-copying it cost ~40 ms a figure);
-    # exports set their own (core/results/export.py).
-    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, legend_title_text="",
-                      legend=dict(orientation="h", yanchor="top", y=-0.18, xanchor="left", x=0),
-                      margin=dict(l=60, r=20, t=60, b=50), height=480)
-    return fig
+def colour(k: int) -> str:
+    return OKABE_ITO[k % len(OKABE_ITO)]
+
+
+def dash(k: int) -> str:
+    """Solid for the first seven series, dashed for the next seven (their colours repeat)."""
+    return "solid" if (k // len(OKABE_ITO)) % 2 == 0 else "dash"
+
+
+def _figure(traces: list[dict], title: str, x: str, y: str, *, xaxis: dict | None = None, yaxis: dict | None = None,
+            **layout) -> go.Figure:
+    """Traces (dicts with a `type`) under the common layout: title, axis titles, legend below the plot, size."""
+    return go.Figure(data=traces, layout={
+        "title": {"text": title}, "xaxis": {"title": {"text": x}, **(xaxis or {})}, "yaxis": {"title": {"text": y}, **(yaxis or {})},
+        "legend": {"title": {"text": ""}, "orientation": "h", "yanchor": "top", "y": -0.18, "xanchor": "left", "x": 0},
+        "margin": {"l": 60, "r": 20, "t": 60, "b": 50}, "height": 480, **layout})
+
+
+def _scatter(**kw) -> dict:
+    return {"type": "scatter", **kw}
+
+
+def _metric_label(metric: str) -> str:
+    return "cross-entropy loss" if metric == "loss" else "accuracy (fraction)"
 
 
 def training_curves(curve: pd.DataFrame, *, metric: str = "loss", smoothing: float = 0.9) -> go.Figure:
     """Mini-batch `metric` per iteration (faint), its exponential smoothing (bold) and held-out points, one colour per fold."""
-    fig = go.Figure()
+    traces = []
     for k, (fold, rows) in enumerate(curve.groupby("fold")):
-        colour = OKABE_ITO[k % len(OKABE_ITO)]
+        line = {"color": colour(k), "dash": dash(k)}
         train = rows[rows["phase"] == "train"].sort_values("iteration")
         held = rows[rows["phase"] == "heldout"].sort_values("iteration")
         values = train[metric].to_numpy(dtype=float)
-        smooth = pd.Series(values).ewm(alpha=1 - smoothing).mean()
-        fig.add_scatter(x=train["iteration"], y=values, mode="lines", line=dict(color=colour, width=1), opacity=0.3,
-                        name=f"fold {fold + 1} mini-batch", showlegend=False)
-        fig.add_scatter(x=train["iteration"], y=smooth, mode="lines", line=dict(color=colour, width=2), name=f"fold {fold + 1} (smoothed)")
-        fig.add_scatter(x=held["iteration"], y=held[metric], mode="markers", marker=dict(color=colour, size=8, symbol="diamond"),
-                        name=f"fold {fold + 1} held-out")
-    label = "cross-entropy loss" if metric == "loss" else "accuracy (fraction)"
-    return _layout(fig, f"Training progress: {metric}", "iteration", label)
+        smooth = pd.Series(values).ewm(alpha=1 - smoothing).mean().to_numpy()
+        iterations = train["iteration"].to_numpy()
+        traces += [
+            _scatter(x=iterations, y=values, mode="lines", line={**line, "width": 1}, opacity=0.3, name=f"fold {fold + 1} mini-batch",
+                     showlegend=False),
+            _scatter(x=iterations, y=smooth, mode="lines", line={**line, "width": 2}, name=f"fold {fold + 1} (smoothed)"),
+            _scatter(x=held["iteration"].to_numpy(), y=held[metric].to_numpy(dtype=float), mode="markers",
+                     marker={"color": colour(k), "size": 8, "symbol": "diamond"}, name=f"fold {fold + 1} held-out"),
+        ]
+    return _figure(traces, f"Training progress: {metric}", "iteration", _metric_label(metric))
 
 
 def forest(folds: pd.DataFrame, *, pooled: float, mean: float) -> go.Figure:
     """Per-fold AUC as points, with the pooled and the mean per-fold AUC as reference lines."""
-    fig = go.Figure()
     error = None
     if "auc_ci_low" in folds.columns:  # 95 % DeLong interval of each fold's AUC, when the caller has it
-        error = dict(type="data", symmetric=False, array=(folds["auc_ci_high"] - folds["auc"]).to_numpy(),
-                     arrayminus=(folds["auc"] - folds["auc_ci_low"]).to_numpy(), color=OKABE_ITO[4])
-    fig.add_scatter(x=folds["auc"], y=[f"fold {f + 1}" for f in folds["fold"]], mode="markers", error_x=error,
-                    marker=dict(color=OKABE_ITO[4], size=10), name="fold AUC (95 % DeLong CI)" if error else "fold AUC")
+        error = {"type": "data", "symmetric": False, "array": (folds["auc_ci_high"] - folds["auc"]).to_numpy(),
+                 "arrayminus": (folds["auc"] - folds["auc_ci_low"]).to_numpy(), "color": OKABE_ITO[4]}
+    traces = [_scatter(x=folds["auc"].to_numpy(dtype=float), y=[f"fold {f + 1}" for f in folds["fold"]], mode="markers", error_x=error,
+                       marker={"color": OKABE_ITO[4], "size": 10}, name="fold AUC (95 % DeLong CI)" if error else "fold AUC")]
     # Reference lines are named in the legend, not annotated on the plot: near AUC 1 an annotation ran off the
     # right edge, and the two labels sat on top of the fold points.
-    for x, line, name in ((pooled, dict(color=OKABE_ITO[0], dash="dash"), f"pooled AUC {pooled:.3f}"),
-                          (mean, dict(color=OKABE_ITO[2], dash="dot"), f"mean of fold AUCs {mean:.3f}")):
-        fig.add_vline(x=x, line=line)
-        fig.add_scatter(x=[None], y=[None], mode="lines", line=line, name=name)
-    fig.update_yaxes(autorange="reversed")
+    shapes = []
+    for x, line, name in ((pooled, {"color": OKABE_ITO[0], "dash": "dash"}, f"pooled AUC {pooled:.3f}"),
+                          (mean, {"color": OKABE_ITO[2], "dash": "dot"}, f"mean of fold AUCs {mean:.3f}")):
+        shapes.append({"type": "line", "x0": x, "x1": x, "xref": "x", "y0": 0, "y1": 1, "yref": "y domain", "line": line})
+        traces.append(_scatter(x=[None], y=[None], mode="lines", line=line, name=name))
     lows = folds["auc_ci_low"] if "auc_ci_low" in folds.columns else folds["auc"]
     low = float(np.nanmin([*lows.to_numpy(dtype=float), *folds["auc"].to_numpy(dtype=float), pooled, mean])) if len(folds) else 0.5
-    fig.update_xaxes(range=[max(0.0, min(0.5, low - 0.05)), 1.02])  # AUC lives in [0, 1]; start at chance unless a fold is worse
-    return _layout(fig, "AUC per fold", "AUC (area under the ROC curve)", "held-out fold")
+    # AUC lives in [0, 1]; start at chance unless a fold is worse
+    return _figure(traces, "AUC per fold", "AUC (area under the ROC curve)", "held-out fold",
+                   xaxis={"range": [max(0.0, min(0.5, low - 0.05)), 1.02]}, yaxis={"autorange": "reversed"}, shapes=shapes)
 
 
-def confusion_matlab(tp: int, fn: int, fp: int, tn: int, *, positive: str, negative: str) -> go.Figure:
+def confusion_matlab(tp: int, fn: int, fp: int, tn: int, *, positive: str, negative: str, title_prefix: str = "") -> go.Figure:
     """The study's MATLAB confusionchart layout: rows = predicted, columns = true, with row and column summaries (%)."""
     cells = np.array([[tn, fn], [fp, tp]])  # rows: predicted negative, predicted positive
     total = cells.sum()
     text = [[f"{cells[i, j]}<br>{100 * cells[i, j] / total:.1f} %" for j in range(2)] for i in range(2)]
     col_ok = [tn / max(tn + fp, 1), tp / max(tp + fn, 1)]  # specificity, sensitivity
     row_ok = [tn / max(tn + fn, 1), tp / max(tp + fp, 1)]  # NPV, PPV
-    z = [[1, 0], [0, 1]]
-    fig = go.Figure(go.Heatmap(z=z, x=[negative, positive], y=[negative, positive], text=text, texttemplate="%{text}",
-                               colorscale=[[0, "#3b2a1e"], [1, "#0b3d5c"]], showscale=False, hoverinfo="skip"))
-    # column summaries under the class names (as separate annotations they collided when the cells were narrow),
-    # row summaries to the right of the rows; both named as a clinician reads them
-    fig.update_xaxes(tickvals=[negative, positive], ticktext=[f"{c}<br>{100 * v:.1f} % correct<br>({name})"
-                                                              for c, v, name in zip([negative, positive], col_ok, ["specificity", "sensitivity"])])
-    fig.update_layout(annotations=[dict(x=0.86, xref="paper", y=r, text=f"{100 * v:.1f} %<br>({name})", showarrow=False, xanchor="left")
-                                   for r, v, name in zip([negative, positive], row_ok, ["NPV", "PPV"])])
+    # dark cells with white text read the same on the light and the dark theme
+    heat = {"type": "heatmap", "z": [[1, 0], [0, 1]], "x": [negative, positive], "y": [negative, positive], "text": text,
+            "texttemplate": "%{text}", "textfont": {"color": "white"}, "colorscale": [[0, "#3b2a1e"], [1, "#0b3d5c"]], "showscale": False,
+            "hoverinfo": "skip"}
     # near-invisible markers on the four cells make them clickable (a heatmap cell cannot be selected in plotly);
     # customdata carries the outcome so a page can open those images in the Grad-CAM gallery
     names = [[("TN", "true negatives"), ("FN", "false negatives")], [("FP", "false positives"), ("TP", "true positives")]]
     cells_xy = [(x, y, names[i][j]) for i, y in enumerate([negative, positive]) for j, x in enumerate([negative, positive])]
-    fig.add_scatter(x=[c[0] for c in cells_xy], y=[c[1] for c in cells_xy], customdata=[c[2][0] for c in cells_xy], mode="markers",
-                    marker=dict(size=90, symbol="square", color="rgba(255,255,255,0.01)"), showlegend=False, name="cells",
-                    text=[c[2][1] for c in cells_xy], hovertemplate="%{text}: click to see them in the Grad-CAM gallery<extra></extra>")
-    # fixed ranges: autorange padded the axes for the 90 px markers, which squeezed the cells into a narrow strip
-    fig.update_xaxes(range=[-0.5, 1.5])
-    fig.update_yaxes(range=[1.5, -0.5])
-    _layout(fig, f"Pooled confusion matrix (accuracy {100 * (tp + tn) / total:.1f} %)", "true class", "predicted class")
-    fig.update_layout(margin=dict(l=110, r=70, t=80, b=90), xaxis=dict(domain=[0, 0.85]))
-    return fig
+    clicks = _scatter(x=[c[0] for c in cells_xy], y=[c[1] for c in cells_xy], customdata=[c[2][0] for c in cells_xy], mode="markers",
+                      marker={"size": 90, "symbol": "square", "color": "rgba(255,255,255,0.01)"}, showlegend=False, name="cells",
+                      text=[c[2][1] for c in cells_xy], hovertemplate="%{text}: click to see them in the Grad-CAM gallery<extra></extra>")
+    title = f"{title_prefix}Pooled confusion matrix (accuracy {100 * (tp + tn) / total:.1f} %)"
+    # column summaries under the class names (as separate annotations they collided when the cells were narrow),
+    # row summaries to the right of the rows; both named as a clinician reads them. Fixed ranges: autorange padded
+    # the axes for the 90 px markers, which squeezed the cells into a narrow strip.
+    return _figure([heat, clicks], title, "true class", "predicted class",
+                   xaxis={"tickvals": [negative, positive], "range": [-0.5, 1.5], "domain": [0, 0.85],
+                          "ticktext": [f"{c}<br>{100 * v:.1f} % correct<br>({name})"
+                                       for c, v, name in zip([negative, positive], col_ok, ["specificity", "sensitivity"])]},
+                   yaxis={"range": [1.5, -0.5]}, margin={"l": 110, "r": 70, "t": 80, "b": 90},
+                   annotations=[{"x": 0.86, "xref": "paper", "y": r, "text": f"{100 * v:.1f} %<br>({name})", "showarrow": False,
+                                 "xanchor": "left"} for r, v, name in zip([negative, positive], row_ok, ["NPV", "PPV"])])
 
 
 def roc(band: dict, *, auc: float, ci: tuple[float, float], points: list[dict] | None = None, name: str = "pooled ROC") -> go.Figure:
     """ROC with its bootstrap band and operating points."""
-    fig = go.Figure()
-    fig.add_scatter(x=band["fpr"], y=band["high"], mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip")
-    fig.add_scatter(x=band["fpr"], y=band["low"], mode="lines", line=dict(width=0), fill="tonexty",
-                    fillcolor="rgba(86,180,233,0.25)", name=f"95 % band (bootstrap over {band.get('resampled', 'images')})")
-    fig.add_scatter(x=band["fpr"], y=band["tpr"], mode="lines", line=dict(color=OKABE_ITO[1], width=3),
-                    name=f"{name}: AUC {auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f})")
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"), name="chance")
+    traces = [
+        _scatter(x=band["fpr"], y=band["high"], mode="lines", line={"width": 0}, showlegend=False, hoverinfo="skip"),
+        _scatter(x=band["fpr"], y=band["low"], mode="lines", line={"width": 0}, fill="tonexty", fillcolor="rgba(86,180,233,0.25)",
+                 name=f"95 % band (bootstrap over {band.get('resampled', 'images')})"),
+        _scatter(x=band["fpr"], y=band["tpr"], mode="lines", line={"color": OKABE_ITO[1], "width": 3},
+                 name=f"{name}: AUC {auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"),
+        _scatter(x=[0, 1], y=[0, 1], mode="lines", line=CHANCE, name="chance"),
+    ]
     for k, p in enumerate(points or []):
-        fig.add_scatter(x=[1 - p["specificity"]], y=[p["sensitivity"]], mode="markers",
-                        marker=dict(size=11, color=OKABE_ITO[(k + 5) % len(OKABE_ITO)], symbol="x"),
-                        name=f"{p['name']} (t = {p['threshold']:.2f})")
-    fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.01])
-    return _layout(fig, "ROC curve (pooled out-of-fold predictions)", "1 - specificity (false-positive rate)", "sensitivity (true-positive rate)")
+        traces.append(_scatter(x=[1 - p["specificity"]], y=[p["sensitivity"]], mode="markers",
+                               marker={"size": 11, "color": colour(k + 5), "symbol": "x"}, name=f"{p['name']} (t = {p['threshold']:.2f})"))
+    return _figure(traces, "ROC curve (pooled out-of-fold predictions)", "1 - specificity (false-positive rate)",
+                   "sensitivity (true-positive rate)", xaxis={"range": [0, 1]}, yaxis={"range": [0, 1.01]})
 
 
 def calibration_plot(bins: list[dict], *, brier: float) -> go.Figure:
     df = pd.DataFrame(bins)
-    fig = go.Figure()
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"), name="perfect calibration")
+    traces = [_scatter(x=[0, 1], y=[0, 1], mode="lines", line=CHANCE, name="perfect calibration")]
     if not df.empty:
-        fig.add_scatter(x=df["mean_predicted"], y=df["observed"], mode="lines+markers", marker=dict(size=6 + 20 * df["count"] / df["count"].max()),
-                        line=dict(color=OKABE_ITO[2]), name="observed", text=df["count"], hovertemplate="n = %{text}")
-    return _layout(fig, f"Calibration (Brier score {brier:.3f})", "mean predicted probability of the positive class", "observed share of positives")
+        traces.append(_scatter(x=df["mean_predicted"].to_numpy(), y=df["observed"].to_numpy(), mode="lines+markers",
+                               marker={"size": (6 + 20 * df["count"] / df["count"].max()).to_numpy()}, line={"color": OKABE_ITO[2]},
+                               name="observed", text=df["count"].to_numpy(), hovertemplate="n = %{text}"))
+    return _figure(traces, f"Calibration (Brier score {brier:.3f})", "mean predicted probability of the positive class",
+                   "observed share of positives")
 
 
 def roc_overlay(curves: list[tuple[str, dict, float]]) -> go.Figure:
     """Several runs' pooled ROC curves (name, band dict, AUC) on one chart."""
-    fig = go.Figure()
-    for k, (name, band, auc) in enumerate(curves):
-        fig.add_scatter(x=band["fpr"], y=band["tpr"], mode="lines", line=dict(color=OKABE_ITO[k % len(OKABE_ITO)], width=2.5),
-                        name=f"{name}: AUC {auc:.3f}")
-    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(color="grey", dash="dot"), name="chance")
-    fig.update_xaxes(range=[0, 1])
-    fig.update_yaxes(range=[0, 1.01])
-    return _layout(fig, "ROC curves (pooled out-of-fold predictions)", "1 - specificity (false-positive rate)", "sensitivity (true-positive rate)")
+    traces = [_scatter(x=band["fpr"], y=band["tpr"], mode="lines", line={"color": colour(k), "dash": dash(k), "width": 2.5},
+                       name=f"{name}: AUC {auc:.3f}") for k, (name, band, auc) in enumerate(curves)]
+    traces.append(_scatter(x=[0, 1], y=[0, 1], mode="lines", line=CHANCE, name="chance"))
+    return _figure(traces, "ROC curves (pooled out-of-fold predictions)", "1 - specificity (false-positive rate)",
+                   "sensitivity (true-positive rate)", xaxis={"range": [0, 1]}, yaxis={"range": [0, 1.01]})
 
 
 def accuracy_vs_time(rows: list[dict]) -> go.Figure:
     """Accuracy (with its Wilson interval) against training time, one point per run."""
-    fig = go.Figure()
-    for k, r in enumerate(rows):
-        fig.add_scatter(x=[r["train_seconds"] / 60], y=[100 * r["accuracy"]], mode="markers",
-                        marker=dict(size=12, color=OKABE_ITO[k % len(OKABE_ITO)]), name=r["name"],
-                        error_y=dict(type="data", symmetric=False, array=[100 * (r["accuracy_ci_high"] - r["accuracy"])],
-                                     arrayminus=[100 * (r["accuracy"] - r["accuracy_ci_low"])]))
-    return _layout(fig, "Accuracy against training time", "training time (minutes, all folds)", "accuracy (%, 95 % Wilson CI)")
+    traces = [_scatter(x=[r["train_seconds"] / 60], y=[100 * r["accuracy"]], mode="markers", marker={"size": 12, "color": colour(k)},
+                       name=r["name"], error_y={"type": "data", "symmetric": False, "array": [100 * (r["accuracy_ci_high"] - r["accuracy"])],
+                                                "arrayminus": [100 * (r["accuracy"] - r["accuracy_ci_low"])]})
+              for k, r in enumerate(rows)]
+    return _figure(traces, "Accuracy against training time", "training time (minutes, all folds)", "accuracy (%, 95 % Wilson CI)")
 
 
 def training_curves_overlay(curves: list[tuple[str, pd.DataFrame]], *, metric: str = "loss", smoothing: float = 0.9) -> go.Figure:
     """Several runs' training curves on one chart: per run, the smoothed mini-batch `metric` averaged over folds."""
-    fig = go.Figure()
+    traces = []
     for k, (name, curve) in enumerate(curves):
         train = curve[curve["phase"] == "train"] if not curve.empty else curve
         if train.empty:
             continue
-        smooth = (train.sort_values("iteration").groupby("fold", group_keys=False)[metric]
-                  .apply(lambda v: v.ewm(alpha=1 - smoothing).mean()))
-        mean = smooth.groupby(train.sort_values("iteration")["iteration"]).mean()
-        fig.add_scatter(x=mean.index, y=mean.to_numpy(), mode="lines", line=dict(color=OKABE_ITO[k % len(OKABE_ITO)], width=2.5),
-                        name=f"{name} (mean of folds, smoothed)")
-    label = "cross-entropy loss" if metric == "loss" else "accuracy (fraction)"
-    return _layout(fig, f"Training progress of each run: {metric}", "iteration", label)
+        ordered = train.sort_values("iteration")
+        smooth = ordered.groupby("fold", group_keys=False)[metric].apply(lambda v: v.ewm(alpha=1 - smoothing).mean())
+        mean = smooth.groupby(ordered["iteration"]).mean()
+        traces.append(_scatter(x=mean.index.to_numpy(), y=mean.to_numpy(), mode="lines",
+                               line={"color": colour(k), "dash": dash(k), "width": 2.5}, name=f"{name} (mean of folds, smoothed)"))
+    return _figure(traces, f"Training progress of each run: {metric}", "iteration", _metric_label(metric))
