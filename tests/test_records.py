@@ -110,7 +110,7 @@ def _page_imports(page: Path) -> list[str]:
 @pytest.mark.slow
 def test_a_page_does_not_load_torch_by_importing_what_it_uses(page):
     """Opening a page must not cost torch's import (seconds): training runs in a job process, Predict imports it lazily.
-    Nor scikit-learn's or scipy.stats' (1.5-2 s each on the first visit): the statistics use numpy and the standard library."""
+    Nor scikit-learn's or scipy.stats' (0.9 s together on the first visit): the statistics use numpy and the standard library."""
     heavy = ["torch", "sklearn", "scipy.stats"]
     code = "\n".join(_page_imports(ROOT / "pages" / page) + ["import sys", f"print([m for m in {heavy!r} if m in sys.modules])"])
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

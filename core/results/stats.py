@@ -16,7 +16,7 @@ from statistics import NormalDist
 import numpy as np
 
 # The normal distribution and mid-ranks come from the standard library and numpy, not scipy.stats: importing
-# scipy.stats takes about 2 s here, which the first visitor of a results page would wait for.
+# scipy.stats takes most of a second here (0.9 s with sklearn), which the first visitor of a results page would wait for.
 _NORMAL = NormalDist()
 
 
