@@ -23,6 +23,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "on", "off")
 # weights: a name, or a path to a local state-dict file.
 NAMED_WEIGHTS = ("imagenet", "auto", "none")
+# Trainable parameters of each backbone with a two-class head, in millions (counted from torchvision's models,
+# tests/test_config.py checks them): what a run's saved fold models cost on disk, shown before it starts.
+BACKBONE_MILLION_PARAMS = {"resnet18": 11.18, "resnet34": 21.29, "resnet50": 23.51, "resnet101": 42.50, "densenet121": 6.96,
+                           "efficientnet_b0": 4.01, "mobilenet_v3_small": 1.52}
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -125,6 +129,47 @@ class RunConfig:
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)
+
+
+# Settings that change how or where a run computes, or what it keeps, but not what it finds: they never count as a
+# difference between runs (Compare's highlighted columns, Table 3's "varies", automatic run names).
+RESULT_NEUTRAL = frozenset({"device", "num_threads", "torch_compile", "cuda_graphs", "parallel_folds", "channels_last", "save_models",
+                            "eval_batch_size", "eval_every"})
+_DATA_FIELDS = frozenset({"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column"})
+_SHORT = {"learning_rate": "lr", "max_iterations": "iters", "max_epochs": "epochs", "batch_size": "batch", "weight_decay": "wd",
+          "head_lr_factor": "head lr x", "image_size": "px", "optimizer": "", "backbone": "", "precision": ""}
+
+
+def _value_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) < 1e-2 or abs(value) >= 1e4):
+            mantissa, exponent = f"{value:.0e}".split("e")
+            return f"{mantissa}e{int(exponent)}"
+        return f"{value:g}"
+    return str(value)
+
+
+def auto_name(cfg: "RunConfig", preset_name: str = "") -> str:
+    """A readable name for a run nobody named: its preset and the settings that differ from it, e.g. `quick · lr 1e-4 · seed 1`.
+
+    Data settings and those in RESULT_NEUTRAL are left out (the data set is shown apart; they do not change results).
+    """
+    base = preset(preset_name) if preset_name in PRESETS else RunConfig()
+    parts = [preset_name or "custom"]
+    for f in fields(RunConfig):
+        value = getattr(cfg, f.name)
+        if f.name in RESULT_NEUTRAL or f.name in _DATA_FIELDS or value == getattr(base, f.name):
+            continue
+        short = _SHORT.get(f.name, f.name)
+        if f.name == "image_size":
+            parts.append(f"{value} px")
+        elif short == "":
+            parts.append(_value_text(value))
+        else:
+            parts.append(f"{short} {_value_text(value)}")
+    return " · ".join(parts)
 
 
 # Presets are overrides on top of the defaults (which already are the study's values).

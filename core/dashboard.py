@@ -329,11 +329,13 @@ def environment() -> dict:
 
 
 def start_quick_demo(runs_dir: Path, demo_dir: Path) -> str:
-    """Start the quick preset on the demo data in the background; returns the run id."""
+    """Start the quick preset on the demo data in the background, keeping its fold models so that Predict can use the
+    run straight after; returns the run id."""
     from core.config import preset
     from core.jobs.launch import start_run
 
-    run_id, _ = start_run(preset("quick").replace(data=str(demo_dir)), runs_dir=Path(runs_dir), preset="quick", name="quick demo")
+    cfg = preset("quick").replace(data=str(demo_dir), save_models=True)
+    run_id, _ = start_run(cfg, runs_dir=Path(runs_dir), preset="quick", name="quick demo")
     return run_id
 
 
@@ -402,6 +404,19 @@ def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, s
     images = store.query("SELECT image_id, path FROM images WHERE dataset_id = ? AND excluded_reason = '' ORDER BY image_id LIMIT ?",
                          [store.run_record(run_id).dataset_id, int(limit)])
     return dict(zip(images["image_id"], images["path"]))
+
+
+def held_out_prediction(runs_dir: Path, run_id: str, image_id: str) -> dict | None:
+    """A data-set image's true class and its out-of-fold prediction: the probability from the one fold model that held the
+    image out (the run's other fold models trained on it). None when the run holds no prediction for the image."""
+    with Store(Path(runs_dir)).reading() as store:
+        run = store.run_record(run_id)
+        found = store.prediction(run_id, image_id)
+    if found is None:
+        return None
+    fold, label_index, prob = found
+    return {"true_class": run.classes[int(label_index)], "fold": int(fold), "prob_positive": float(prob), "folds": run.folds,
+            "positive_class": run.positive_class}
 
 
 def disk_used(runs_dir: Path, run_id: str) -> int:

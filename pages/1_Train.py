@@ -14,7 +14,7 @@ import streamlit as st
 
 from core import CxrError
 from core.results import figures
-from core.config import NAMED_WEIGHTS, PRESETS, SECTIONS, RunConfig, apply_overrides, preset
+from core.config import BACKBONE_MILLION_PARAMS, NAMED_WEIGHTS, PRESETS, SECTIONS, RunConfig, apply_overrides, preset
 from core.dashboard import active_runs, job_progress, sweep_progress
 from core.jobs.launch import cancel, start_resume, start_run, start_sweep
 from core.jobs.lifecycle import UNFINISHED
@@ -35,7 +35,8 @@ if demo_mode():
 
 name = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
                     help="paper: the study's protocol (ResNet-50, 224 px, 10 folds, 250 iterations). quick: a 2-core CPU demo.")
-base = preset(name)
+# Runs started here keep their fold models, so the Predict page can use them (the CLI's default stays off).
+base = preset(name).replace(save_models=True)
 
 
 def field_input(col, f, value):
@@ -54,6 +55,13 @@ def field_input(col, f, value):
 
 with st.form("train_form"):
     data = st.text_input("Data set", DEMO_DIR, help=FIELDS["data"].metadata["help"], key="train_data")
+    run_name = st.text_input("Run name (optional)", key="train_name", max_chars=120,
+                             placeholder=f"empty: named from the preset and what you change, e.g. '{name} · lr 1e-4 · seed 1'",
+                             help="Shown wherever the run is listed or compared; rename it later on the Runs page.")
+    megabytes = BACKBONE_MILLION_PARAMS[base.backbone] * 4 * base.folds
+    st.caption(f"save_models is on: the {base.folds} fold models are kept so Predict can use the run, about {megabytes:.0f} MB "
+               f"for {base.backbone} ({BACKBONE_MILLION_PARAMS[base.backbone]:.1f} M parameters x 4 bytes x {base.folds} folds); "
+               "untick it under Execution to save the disk.")
     values = {}
     for section, names in SECTIONS.items():
         names = [n for n in names if n != "data"]
@@ -84,7 +92,7 @@ if submitted or sweep_submitted:
             st.session_state["train_sweep"] = (sweep_id, n_runs)
             st.session_state.pop("train_job", None)
         else:
-            run_id, _ = start_run(cfg, runs_dir=RUNS_DIR, preset=name)
+            run_id, _ = start_run(cfg, runs_dir=RUNS_DIR, preset=name, name=run_name.strip())
             st.session_state["train_job"] = run_id
             st.session_state.pop("train_sweep", None)
     except CxrError as exc:

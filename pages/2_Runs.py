@@ -31,10 +31,31 @@ def detail(runs_dir: str, run_id: str, version: tuple) -> dict:
 
 
 @st.fragment
-def threshold_section(d: dict) -> None:
-    st.subheader("Threshold")
-    threshold = st.slider("Call positive when the probability is at least", 0.0, 1.0, 0.5, 0.01, key="runs_threshold")
-    st.dataframe(display.rates_table(threshold_rates(d, threshold)), hide_index=True)
+def threshold_section(d: dict, run_id: str) -> None:
+    """One threshold for the confusion matrix, the ROC's operating point and the rates: moving it reruns this part alone."""
+    row = d["row"]
+    threshold = st.slider("Call positive when the probability is at least", 0.0, 1.0, 0.5, 0.01, key="runs_threshold",
+                          help="The study calls positive at 0.5. The matrix, the marked ROC point and the table below follow this value.")
+    rates = threshold_rates(d, threshold)
+    left, right = st.columns(2)
+    event = left.plotly_chart(figures.confusion_matlab(rates["tp"], rates["fn"], rates["fp"], rates["tn"], positive=d["positive"],
+                                                       negative=d["negative"], title_prefix=f"At {threshold:.2f}: "),
+                              width="stretch", on_select="rerun", selection_mode="points", key="runs_confusion")
+    picked = [pt["customdata"] for pt in (event.selection.points if event else []) if pt.get("customdata")]
+    left.caption("Click a cell, or a button, to see those images in the Grad-CAM gallery (whose outcomes are at 0.5, "
+                 "as the heat maps were stored):")
+    buttons = left.columns(4)
+    for col, outcome in zip(buttons, ["TP", "FN", "FP", "TN"]):
+        if col.button(outcome, key=f"runs_open_{outcome}", help=f"Open the {outcome} images in the Grad-CAM gallery", width="stretch"):
+            picked = [outcome]
+    if picked:  # a click on a cell (or its button) opens those images in the gallery
+        st.session_state["cam_request"] = {"run": run_id, "outcomes": picked}
+        st.switch_page("pages/4_Grad-CAM.py")
+    chosen = {"name": "chosen threshold", **rates}
+    ops = [chosen] + [p for p in row["operating_points"] if "cross-fitted" not in p["name"] and p["name"] != "0.5"]
+    right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], row["auc_ci_high"]), points=ops), width="stretch")
+    st.markdown(f"**At {threshold:.2f}** (95 % Wilson intervals)")
+    st.dataframe(display.rates_table(rates), hide_index=True)
 
 
 @st.fragment
@@ -105,23 +126,8 @@ cols[3].metric("Sensitivity", display.pct(row["sensitivity"]))
 cols[4].metric("Specificity", display.pct(row["specificity"]))
 st.caption("Pooled = all out-of-fold predictions in one ROC, as the study reports; the mean of per-fold AUCs is usually higher.")
 
-left, right = st.columns(2)
-c = row["confusion"]
-event = left.plotly_chart(figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=d["positive"], negative=d["negative"]),
-                          width="stretch", on_select="rerun", selection_mode="points", key="runs_confusion")
-picked = [pt["customdata"] for pt in (event.selection.points if event else []) if pt.get("customdata")]
-left.caption("Click a cell, or a button, to see those images in the Grad-CAM gallery:")
-buttons = left.columns(4)
-for col, outcome in zip(buttons, ["TP", "FN", "FP", "TN"]):
-    if col.button(outcome, key=f"runs_open_{outcome}", help=f"Open the {outcome} images in the Grad-CAM gallery", width="stretch"):
-        picked = [outcome]
-if picked:  # a click on a cell (or its button) opens those images in the gallery
-    st.session_state["cam_request"] = {"run": run_id, "outcomes": picked}
-    st.switch_page("pages/4_Grad-CAM.py")
-ops = [p for p in row["operating_points"] if "cross-fitted" not in p["name"]]
-right.plotly_chart(figures.roc(d["roc"], auc=row["auc"], ci=(row["auc_ci_low"], row["auc_ci_high"]), points=ops), width="stretch")
-
-threshold_section(d)
+st.subheader("Threshold")
+threshold_section(d, run_id)
 
 st.subheader("Folds")
 st.dataframe(display.fold_table(d["folds"]), hide_index=True, width="stretch")

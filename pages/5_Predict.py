@@ -14,7 +14,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
-from core.dashboard import dataset_images
+from core.dashboard import dataset_images, held_out_prediction
 from core.results.overlay import overlay
 from pages import page_setup
 from pages.ui.cached import predictable_runs
@@ -57,7 +57,7 @@ if not runs:
     st.stop()
 run_id = st.selectbox("Run", list(runs), format_func=runs.get, key="predict_run")
 source = st.radio("Image", ["upload", "from the data set"], horizontal=True, key="predict_source")
-data = None
+data, held_out = None, None
 if source == "upload":
     upload = st.file_uploader("PNG, JPEG or DICOM radiograph", type=["png", "jpg", "jpeg", "dcm", "dicom"], key="predict_upload",
                               help="DICOM: only the pixels are read; names, dates and ids in the header are never shown or stored.")
@@ -67,6 +67,7 @@ else:
     images = dataset_images(RUNS_DIR, run_id)
     image_id = st.selectbox("Data-set image", list(images), key="predict_image")
     data = Path(images[image_id]).read_bytes() if image_id else None
+    held_out = held_out_prediction(RUNS_DIR, run_id, image_id) if image_id else None
 threshold = st.slider("Call positive at probability", 0.0, 1.0, 0.5, 0.01, key="predict_threshold")
 if data is None:
     st.stop()
@@ -79,4 +80,8 @@ cols = st.columns(3)
 cols[0].metric(f"P({p.positive_class})", f"{p.prob_positive:.3f}", help="mean over the run's fold models")
 cols[1].metric("Call", p.call_at(threshold), help=f"positive when the probability is at least {threshold:.2f}")
 cols[2].metric("Fold models agree", f"{min(p.fold_probs):.2f}-{max(p.fold_probs):.2f}", help="range of the fold models' probabilities")
+if held_out is not None:  # an image of the run's own data set: the honest number is the held-out fold's
+    st.info(f"True label: **{held_out['true_class']}**. Out of fold: P({held_out['positive_class']}) = "
+            f"**{held_out['prob_positive']:.3f}** from fold {held_out['fold'] + 1}'s model, the one that never saw this image. "
+            f"The other {held_out['folds'] - 1} fold models trained on it, so the ensemble's probability above is optimistic here.")
 heat_map(p)

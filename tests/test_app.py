@@ -57,6 +57,7 @@ def test_home_starts_a_quick_demo_run_in_the_background(dirs, monkeypatch):
     assert not at.exception and at.session_state["train_job"] == "r-123"
     cfg, kw = started[0]
     assert cfg.data == str(dirs / "demo") and kw["preset"] == "quick"
+    assert cfg.save_models  # so that Predict can use the run as soon as it has finished
 
 
 def test_the_navigation_lists_every_page_file_once():

@@ -62,3 +62,32 @@ def test_bad_overrides_say_what_to_do(assignment, message):
 def test_config_round_trips_through_json():
     cfg = apply_overrides(preset("quick"), ["seed=7", "data=/x"])
     assert RunConfig.from_json(cfg.to_json()) == cfg
+
+
+def test_a_run_nobody_named_is_named_by_its_preset_and_what_differs_from_it():
+    from core.config import auto_name, preset
+
+    quick = preset("quick")
+    assert auto_name(quick, "quick") == "quick"
+    assert auto_name(quick.replace(learning_rate=1e-4, seed=1), "quick") == "quick · lr 1e-4 · seed 1"
+    assert auto_name(quick.replace(image_size=128, augment=True, backbone="resnet50"), "quick") == "quick · 128 px · resnet50 · augment on"
+    # the data set and settings that change no result are not part of a name
+    assert auto_name(quick.replace(data="/x", save_models=True, device="cpu", parallel_folds=2), "quick") == "quick"
+    assert auto_name(RunConfig(max_iterations=500), "") == "custom · iters 500"
+
+
+def test_settings_that_change_no_result_are_not_differences_between_runs():
+    from core.config import RESULT_NEUTRAL
+
+    assert {"save_models", "device", "num_threads", "cuda_graphs"} <= RESULT_NEUTRAL
+    assert not {"learning_rate", "seed", "folds", "image_size", "precision", "gradcam_max"} & RESULT_NEUTRAL
+
+
+@pytest.mark.slow
+def test_the_disk_cost_shown_before_a_run_uses_the_backbones_true_size():
+    from core.config import BACKBONE_MILLION_PARAMS, BACKBONES
+    from core.training.models import build_model
+
+    for name in BACKBONES:
+        model, _ = build_model(name, 2, "none")
+        assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(BACKBONE_MILLION_PARAMS[name], abs=0.01), name

@@ -286,6 +286,12 @@ def test_predict_page_classifies_a_data_set_image(run_with_models, monkeypatch):
     metrics = {m.label: m.value for m in at.metric}
     assert 0 <= float(metrics["P(Effusion)"]) <= 1  # 'Normal' is recognised as the negative class and metrics["Call"] in ("Effusion", "Normal")
     assert len(at.get("image")) == 2
+    # an image of the run's own data set: its true label and the held-out fold's probability, with the caveat
+    image_id = at.selectbox(key="predict_image").value
+    fold, label_index, prob = store.prediction(result.run_id, image_id)
+    note = next(i.value for i in at.info if i.value.startswith("True label"))
+    assert f"True label: **{store.run_record(result.run_id).classes[label_index]}**" in note
+    assert f"**{prob:.3f}** from fold {fold + 1}'s model" in note and "trained on it" in note
 
 
 @pytest.mark.slow

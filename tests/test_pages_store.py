@@ -101,3 +101,36 @@ def test_a_renamed_run_shows_its_new_name_at_once_though_run_lists_are_cached(tm
     Store(built.runs_dir).update_run(run_id, name="renamed by another tab")
     at.run()
     assert at.selectbox(key="runs_run").format_func(run_id).startswith("renamed by another tab")
+
+
+def _confusion(at: AppTest) -> dict:
+    """The Runs page's confusion matrix as counts, read from the figure the browser gets."""
+    import json
+
+    for element in at.main:
+        if type(element).__name__ == "UnknownElement" and element.type == "plotly_chart":
+            spec = json.loads(element.proto.spec)
+            heat = next((t for t in spec["data"] if t.get("type") == "heatmap"), None)
+            if heat and spec["layout"]["title"]["text"].startswith("At "):
+                (tn, fn), (fp, tp) = [[int(cell.split("<br>")[0]) for cell in row] for row in heat["text"]]
+                return {"tp": tp, "fn": fn, "fp": fp, "tn": tn, "title": spec["layout"]["title"]["text"]}
+    raise AssertionError("no confusion matrix on the page")
+
+
+def test_the_threshold_drives_the_confusion_matrix(env):
+    """One threshold everywhere on Runs: the matrix's counts are the stored predictions called at the slider's value."""
+    from core.results.store import Store
+
+    at = page("2_Runs.py").run()
+    run_id = at.selectbox(key="runs_run").value
+    store = Store(env.runs_dir)
+    run = store.run_record(run_id)
+    preds = store.scored(run)
+    positive = preds["label_index"].to_numpy() == run.positive_index
+    for threshold in (0.5, 0.8):
+        at.slider(key="runs_threshold").set_value(threshold).run()
+        called = preds["prob_positive"].to_numpy() >= threshold
+        matrix = _confusion(at)
+        assert matrix["title"].startswith(f"At {threshold:.2f}: ")
+        assert (matrix["tp"], matrix["fn"], matrix["fp"], matrix["tn"]) == (
+            int((called & positive).sum()), int((~called & positive).sum()), int((called & ~positive).sum()), int((~called & ~positive).sum()))

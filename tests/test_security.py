@@ -124,6 +124,25 @@ def test_the_data_page_refuses_a_typed_path_outside_the_roots(tmp_path, monkeypa
     assert str(tmp_path / "allowed") in at.error[0].value and not at.metric  # nothing was read
 
 
+def test_the_train_page_starts_a_named_run_that_keeps_its_fold_models(tmp_path, monkeypatch):
+    """Train -> Predict: a run started here saves its fold models unless unticked, and carries the name typed."""
+    started = []
+    monkeypatch.setattr("core.jobs.launch.start_run", lambda cfg, **kw: started.append((cfg, kw)) or ("r", 1))
+    monkeypatch.setenv("CXR_DATA_ROOTS", str(tmp_path))
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    (tmp_path / "d").mkdir()
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
+    assert any("save_models is on" in c.value and "MB" in c.value for c in at.caption)  # the disk cost, before starting
+    at.text_input(key="train_data").set_value(str(tmp_path / "d"))
+    at.text_input(key="train_name").set_value("  baseline 64 px ")
+    at.button[0].click().run()
+    cfg, kw = started[0]
+    assert cfg.save_models and kw["name"] == "baseline 64 px" and kw["preset"] == "quick"
+    at.checkbox(key="train_quick_save_models").uncheck()
+    at.button[0].click().run()
+    assert started[1][0].save_models is False
+
+
 @pytest.mark.parametrize("field", ["train_data", "train_quick_weights"])
 def test_the_train_page_refuses_a_data_or_weights_path_outside_the_roots(tmp_path, monkeypatch, field):
     started = []

@@ -28,12 +28,13 @@ ROOT = Path(__file__).resolve().parents[2]  # the repository, where `python -m c
 
 
 def start_run(cfg: RunConfig, *, runs_dir: Path, preset: str = "custom", name: str = "") -> tuple[str, int]:
-    """Start a run in the background; returns (run_id, pid). The config travels whole, as a JSON file."""
+    """Start a run in the background; returns (run_id, pid). The config travels whole, as a JSON file; without a
+    `name` the run is named from its preset and the settings that differ from it (core.config.auto_name)."""
     refuse_in_demo_mode("training")
     run_id = new_run_id()
     config = _write_config(cfg, runs_dir=runs_dir, job_id=run_id)
     pid = _spawn(["run", "--config", str(config), "--runs-dir", str(runs_dir), "--run-id", run_id,
-                  "--name", name or run_id, "--label-preset", preset, "--no-progress"], runs_dir=runs_dir, log_name=run_id)
+                  "--name", name, "--label-preset", preset, "--no-progress"], runs_dir=runs_dir, log_name=run_id)
     return run_id, pid
 
 

@@ -13,6 +13,7 @@ import json
 import numpy as np
 
 from core import CxrError
+from core.config import RESULT_NEUTRAL
 from core.results.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
 from core.results.store import Store
@@ -131,7 +132,8 @@ def table3(store: Store, run_ids: list[str], *, min_sensitivity: float = 0.9) ->
     for row, p in zip(rows[1:], adjusted):
         row["delong_p_holm"] = None if np.isnan(p) else float(p)
     configs = [r["config"] for r in rows]
-    varying = sorted(k for k in configs[0] if any(c.get(k) != configs[0][k] for c in configs))
+    # only settings that change results count as differences (a run that saved its models is not "different")
+    varying = sorted(k for k in configs[0] if k not in RESULT_NEUTRAL and any(c.get(k) != configs[0][k] for c in configs))
     for row in rows:
         row["varies"] = {k: row["config"][k] for k in varying}
     return rows

@@ -419,6 +419,11 @@ class Store:
     def predictions(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM predictions WHERE run_id = ? ORDER BY fold, image_id", [run_id])
 
+    def prediction(self, run_id: str, image_id: str) -> tuple | None:
+        """(fold, label_index, prob_positive) of one image's out-of-fold prediction, or None when the run has none for it."""
+        rows = self.rows("SELECT fold, label_index, prob_positive FROM predictions WHERE run_id = ? AND image_id = ?", [run_id, image_id])
+        return rows[0] if rows else None
+
     def iterations(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM iterations WHERE run_id = ? ORDER BY fold, phase, iteration", [run_id])
 

@@ -22,7 +22,7 @@ import torch
 import torchvision
 
 from core import CxrError, __version__
-from core.config import RunConfig, budget
+from core.config import RunConfig, auto_name, budget
 from core.data.prepare import PreparedData, cache_dir_for, prepare_data
 from core.data.splits import assign_folds, audit_leakage
 from core.training.explain import explain_fold, summarize_localisation
@@ -127,7 +127,7 @@ def run_cross_validation(
                        flow=data.manifest.flow)
     store.create_run(
         run_id,
-        name=name or run_id,
+        name=name or auto_name(cfg, preset),
         preset=preset,
         sweep_id=sweep_id or None,
         started_at=now(),

@@ -57,9 +57,9 @@ def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, pres
     sweep_id = sweep_id or new_sweep_id()
     results: list[RunResult] = []
     splits: dict[str, int] | None = None
-    for varying, cfg in combos:
-        name = ", ".join(f"{k}={v}" for k, v in varying.items())
-        result = run_cross_validation(cfg, store=store, preset=preset, name=name, progress=progress, sweep_id=sweep_id, fixed_splits=splits)
+    for _, cfg in combos:
+        # named automatically (core.config.auto_name): the preset and what differs from it, the swept values included
+        result = run_cross_validation(cfg, store=store, preset=preset, name="", progress=progress, sweep_id=sweep_id, fixed_splits=splits)
         if splits is None:
             table = store.splits(result.run_id)
             splits = dict(zip(table["image_id"], table["fold"].astype(int)))
