@@ -406,6 +406,22 @@ def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, s
     return dict(zip(images["image_id"], images["path"]))
 
 
+def predictions_csv(runs_dir: Path, run_id: str) -> bytes:
+    """A run's out-of-fold predictions as CSV: image id, fold (from 1), true class, the positive class's probability and the
+    class called at 0.5. No patient id: readers of the file need none."""
+    with Store(Path(runs_dir)).reading() as store:
+        run = store.run_record(run_id)
+        preds = store.scored(run)
+    classes = list(run.classes)
+    table = pd.DataFrame({
+        "image_id": preds["image_id"], "fold": preds["fold"] + 1,
+        "true_class": [classes[i] for i in preds["label_index"]],
+        f"p_{run.positive_class}": preds["prob_positive"].round(6),
+        "called_at_0.5": [classes[i] for i in preds["pred_index"]],
+    })
+    return table.to_csv(index=False).encode()
+
+
 def held_out_prediction(runs_dir: Path, run_id: str, image_id: str) -> dict | None:
     """A data-set image's true class and its out-of-fold prediction: the probability from the one fold model that held the
     image out (the run's other fold models trained on it). None when the run holds no prediction for the image."""

@@ -15,7 +15,7 @@ import streamlit as st
 
 from core import CxrError
 from core.results import figures
-from core.dashboard import delete_run, disk_used, run_detail, threshold_rates, update_run_labels
+from core.dashboard import delete_run, disk_used, predictions_csv, run_detail, threshold_rates, update_run_labels
 from core.jobs.launch import start_resume
 from core.safety import demo_mode
 from pages import page_setup
@@ -136,6 +136,11 @@ left.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_me
 right.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), width="stretch")
 
 curves_section(d["curve"])
+
+# deferred: the file is made when the button is clicked, not on every render
+st.download_button("Out-of-fold predictions (CSV)", lambda: predictions_csv(RUNS_DIR, run_id), file_name=f"{run.name}-predictions.csv",
+                   mime="text/csv", key="runs_predictions_csv",
+                   help="One row per image: its fold, true class, the positive class's probability and the call at 0.5 (no patient ids).")
 
 with st.expander("Configuration"):
     st.json(d["config"])

@@ -62,4 +62,14 @@ runs = runs_overview(RUNS_DIR)
 if runs.empty:
     st.info("No runs yet. Start one from the command line (above); it appears here when it starts.")
 else:
-    st.dataframe(display.runs_table(runs), hide_index=True, width="stretch")
+    table = display.runs_table(runs)
+    c1, c2, c3, c4 = st.columns([2, 1, 1, 1])
+    text = c1.text_input("Find by name or tag", key="home_find", placeholder="e.g. baseline, lr 1e-4, demo")
+    statuses = c2.multiselect("Status", sorted(table["status"].unique()), key="home_status")
+    presets = c3.multiselect("Preset", sorted(table["preset"].unique()), key="home_preset")
+    data = c4.multiselect("Data", sorted(table["data"].unique()), key="home_data")
+    shown = display.filter_runs(table, text=text, statuses=statuses, presets=presets, data=data)
+    st.caption(f"{len(shown)} of {len(table)} runs; click a column header to sort.")
+    st.dataframe(shown, hide_index=True, width="stretch")
+    st.download_button("Download these runs (CSV)", shown.to_csv(index=False).encode(), file_name="runs.csv", mime="text/csv",
+                       key="home_runs_csv")

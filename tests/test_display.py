@@ -44,3 +44,14 @@ def test_the_runs_table_leads_with_names_and_keeps_percentages_sortable():
 def test_the_highlight_is_not_a_dark_fill():
     """It marks Compare's differing settings on the light and the dark theme (a fixed dark fill vanished on dark)."""
     assert display.HIGHLIGHT["background-color"].startswith("rgba(") and "0.28)" in display.HIGHLIGHT["background-color"]
+
+
+def test_the_runs_table_filters_by_name_or_tag_status_preset_and_data():
+    table = pd.DataFrame({"name": ["baseline", "quick · lr 1e-4", "Paper repro"], "tags": ["demo", "", "MIMIC, final"],
+                          "status": ["finished", "failed", "finished"], "preset": ["quick", "quick", "paper"],
+                          "data": ["synthetic demo", "synthetic demo", "user data"]})
+    assert display.filter_runs(table)["name"].tolist() == table["name"].tolist()  # nothing chosen: all
+    assert display.filter_runs(table, text="LR 1E")["name"].tolist() == ["quick · lr 1e-4"]  # any case, in names
+    assert display.filter_runs(table, text="mimic")["name"].tolist() == ["Paper repro"]  # and in tags
+    assert display.filter_runs(table, statuses=["finished"], presets=["quick"])["name"].tolist() == ["baseline"]
+    assert display.filter_runs(table, data=["user data"], text="demo").empty

@@ -481,7 +481,7 @@ def test_forest_plot_shows_each_folds_auc_with_its_delong_interval(finished_run)
     fig = forest(folds, pooled=0.9, mean=0.95)
     assert fig.data[0].error_x.array is not None and fig.data[0].name == "fold AUC (95 % DeLong CI)"
     # the reference lines are named in the legend with their values (annotations ran off the plot near AUC 1)
-    assert [t.name for t in fig.data[1:]] == ["pooled AUC 0.900", "mean of fold AUCs 0.950"]
+    assert [t.name for t in fig.data[1:]] == ["pooled AUC 90.00 %", "mean of fold AUCs 95.00 %"]
     assert sorted(shape.x0 for shape in fig.layout.shapes) == [0.9, 0.95] and not fig.layout.annotations
 
 

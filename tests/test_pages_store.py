@@ -134,3 +134,26 @@ def test_the_threshold_drives_the_confusion_matrix(env):
         assert matrix["title"].startswith(f"At {threshold:.2f}: ")
         assert (matrix["tp"], matrix["fn"], matrix["fp"], matrix["tn"]) == (
             int((called & positive).sum()), int((~called & positive).sum()), int((called & ~positive).sum()), int((~called & ~positive).sum()))
+
+
+def test_the_runs_table_and_a_runs_predictions_download_as_csv(env):
+    """CSV exports as trackers offer them: the (filtered) runs table on Home, a run's out-of-fold predictions on Runs."""
+    import io
+
+    import pandas as pd
+
+    from core.dashboard import predictions_csv
+    from core.results.store import Store
+
+    at = page("home.py").run()
+    at.multiselect(key="home_status").set_value(["finished"]).run()
+    shown = at.dataframe[0].value
+    assert len(shown) == env.sizes["finished_runs"] and any("of" in c.value and "runs" in c.value for c in at.caption)
+    assert not shown.empty and (shown["status"] == "finished").all()
+
+    run_id = env.finished[0]
+    csv = pd.read_csv(io.BytesIO(predictions_csv(env.runs_dir, run_id)))
+    stored = Store(env.runs_dir).predictions(run_id)
+    assert list(csv.columns) == ["image_id", "fold", "true_class", "p_Pleural Effusion", "called_at_0.5"]
+    assert len(csv) == len(stored) and csv["fold"].min() == 1 and set(csv["true_class"]) <= {"Normal", "Pleural Effusion"}
+    assert not any("group" in c or "patient" in c for c in csv.columns)  # no patient ids in a file that travels

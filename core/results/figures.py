@@ -1,6 +1,7 @@
 """Plotly figures for the dashboard and HTML exports: titled, labelled, with units, in colour-blind-safe colours.
 
-Colours are the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"), which stays
+AUCs in legends read as the tables do (a percentage with two decimals, as the study's Table 3);
+axes of rates and AUC stay fractions and say so. Colours are the Okabe-Ito palette (Okabe & Ito 2008, "Color Universal Design"), which stays
 distinguishable under the common colour-vision deficiencies, without its black: a black curve or
 marker vanishes on the dark theme. Past seven series, colours repeat with a dashed line.
 
@@ -77,14 +78,14 @@ def forest(folds: pd.DataFrame, *, pooled: float, mean: float) -> go.Figure:
     # Reference lines are named in the legend, not annotated on the plot: near AUC 1 an annotation ran off the
     # right edge, and the two labels sat on top of the fold points.
     shapes = []
-    for x, line, name in ((pooled, {"color": OKABE_ITO[0], "dash": "dash"}, f"pooled AUC {pooled:.3f}"),
-                          (mean, {"color": OKABE_ITO[2], "dash": "dot"}, f"mean of fold AUCs {mean:.3f}")):
+    for x, line, name in ((pooled, {"color": OKABE_ITO[0], "dash": "dash"}, f"pooled AUC {100 * pooled:.2f} %"),
+                          (mean, {"color": OKABE_ITO[2], "dash": "dot"}, f"mean of fold AUCs {100 * mean:.2f} %")):
         shapes.append({"type": "line", "x0": x, "x1": x, "xref": "x", "y0": 0, "y1": 1, "yref": "y domain", "line": line})
         traces.append(_scatter(x=[None], y=[None], mode="lines", line=line, name=name))
     lows = folds["auc_ci_low"] if "auc_ci_low" in folds.columns else folds["auc"]
     low = float(np.nanmin([*lows.to_numpy(dtype=float), *folds["auc"].to_numpy(dtype=float), pooled, mean])) if len(folds) else 0.5
     # AUC lives in [0, 1]; start at chance unless a fold is worse
-    return _figure(traces, "AUC per fold", "AUC (area under the ROC curve)", "held-out fold",
+    return _figure(traces, "AUC per fold", "AUC (area under the ROC curve, as a fraction)", "held-out fold",
                    xaxis={"range": [max(0.0, min(0.5, low - 0.05)), 1.02]}, yaxis={"autorange": "reversed"}, shapes=shapes)
 
 
@@ -126,7 +127,7 @@ def roc(band: dict, *, auc: float, ci: tuple[float, float], points: list[dict] |
         _scatter(x=band["fpr"], y=band["low"], mode="lines", line={"width": 0}, fill="tonexty", fillcolor="rgba(86,180,233,0.25)",
                  name=f"95 % band (bootstrap over {band.get('resampled', 'images')})"),
         _scatter(x=band["fpr"], y=band["tpr"], mode="lines", line={"color": OKABE_ITO[1], "width": 3},
-                 name=f"{name}: AUC {auc:.3f} ({ci[0]:.3f}-{ci[1]:.3f})"),
+                 name=f"{name}: AUC {100 * auc:.2f} % ({100 * ci[0]:.2f}-{100 * ci[1]:.2f} %)"),
         _scatter(x=[0, 1], y=[0, 1], mode="lines", line=CHANCE, name="chance"),
     ]
     for k, p in enumerate(points or []):
@@ -150,7 +151,7 @@ def calibration_plot(bins: list[dict], *, brier: float) -> go.Figure:
 def roc_overlay(curves: list[tuple[str, dict, float]]) -> go.Figure:
     """Several runs' pooled ROC curves (name, band dict, AUC) on one chart."""
     traces = [_scatter(x=band["fpr"], y=band["tpr"], mode="lines", line={"color": colour(k), "dash": dash(k), "width": 2.5},
-                       name=f"{name}: AUC {auc:.3f}") for k, (name, band, auc) in enumerate(curves)]
+                       name=f"{name}: AUC {100 * auc:.2f} %") for k, (name, band, auc) in enumerate(curves)]
     traces.append(_scatter(x=[0, 1], y=[0, 1], mode="lines", line=CHANCE, name="chance"))
     return _figure(traces, "ROC curves (pooled out-of-fold predictions)", "1 - specificity (false-positive rate)",
                    "sensitivity (true-positive rate)", xaxis={"range": [0, 1]}, yaxis={"range": [0, 1.01]})

@@ -72,6 +72,19 @@ def runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     })
 
 
+def filter_runs(table: pd.DataFrame, *, text: str = "", statuses=(), presets=(), data=()) -> pd.DataFrame:
+    """`runs_table` rows whose name or tags contain `text` (any case) and whose status, preset and data set are among
+    those chosen (an empty choice keeps all)."""
+    keep = pd.Series(True, index=table.index)
+    if text.strip():
+        needle = text.strip().lower()
+        keep &= table["name"].str.lower().str.contains(needle, regex=False) | table["tags"].str.lower().str.contains(needle, regex=False)
+    for column, chosen in (("status", statuses), ("preset", presets), ("data", data)):
+        if chosen:
+            keep &= table[column].isin(list(chosen))
+    return table[keep]
+
+
 def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
     """The folds as the Runs page shows them: numbered from 1 as in the plots, each fold's AUC with its 95 % DeLong
     interval in words (a reviewer reads the table, not only the plot), percentages like the run's metrics."""
