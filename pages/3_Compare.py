@@ -59,9 +59,16 @@ st.subheader("Table 3")
 st.caption("Pooled out-of-fold predictions; Wilson intervals for proportions, DeLong for AUC; "
            "p: paired DeLong test against the first row on the same images, Holm-adjusted.")
 table = c["table"].set_index("run")
-st.dataframe(table.style.set_properties(subset=c["varies"], **display.HIGHLIGHT) if c["varies"] else table)
+key_columns = display.table3_key_columns(table.columns, c["varies"])
+st.dataframe(table[key_columns].style.set_properties(subset=c["varies"], **display.HIGHLIGHT) if c["varies"] else table[key_columns],
+             width="stretch")
 if c["varies"]:
-    st.caption(f"Settings that differ between these runs (highlighted): {', '.join(c['varies'])}")
+    st.caption(f"Settings that differ between these runs (highlighted): {', '.join(c['varies'])}. "
+               "Settings that change no result (save_models, device, threads, ...) are not counted.")
+with st.expander("All columns of Table 3 (accuracy, per-fold AUC, training time, localisation)"):
+    st.dataframe(table, width="stretch")
+if mode == "a sweep" and c["varies"]:
+    st.plotly_chart(figures.sweep_parallel(c["rows"], c["varies"]), width="stretch")
 
 left, right = st.columns(2)
 left.plotly_chart(figures.roc_overlay(c["curves"]), width="stretch")

@@ -157,3 +157,17 @@ def test_the_runs_table_and_a_runs_predictions_download_as_csv(env):
     assert list(csv.columns) == ["image_id", "fold", "true_class", "p_Pleural Effusion", "called_at_0.5"]
     assert len(csv) == len(stored) and csv["fold"].min() == 1 and set(csv["true_class"]) <= {"Normal", "Pleural Effusion"}
     assert not any("group" in c or "patient" in c for c in csv.columns)  # no patient ids in a file that travels
+
+
+def test_table_3_leads_with_what_a_reader_compares_and_a_sweep_gets_its_parallel_plot(env):
+    import json
+
+    at = page("3_Compare.py").run()  # a sweep: learning rate varied
+    key = next(df.value for df in at.dataframe if "DeLong p vs first" in df.value.columns)
+    assert list(key.columns) == ["learning_rate", "AUC % (95% CI, DeLong)", "sensitivity % (95% CI)", "specificity % (95% CI)",
+                                 "DeLong p vs first", "Holm p"]
+    full = [df.value for df in at.dataframe if "training time" in df.value.columns]
+    assert full and "accuracy % (95% CI)" in full[0].columns  # the rest, on demand
+    specs = [json.loads(e.proto.spec) for e in at.main if type(e).__name__ == "UnknownElement" and e.type == "plotly_chart"]
+    parallel = next(s for s in specs if s["data"][0]["type"] == "parcoords")
+    assert [d["label"] for d in parallel["data"][0]["dimensions"]] == ["learning_rate", "AUC % (pooled)"]

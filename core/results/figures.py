@@ -179,3 +179,25 @@ def training_curves_overlay(curves: list[tuple[str, pd.DataFrame]], *, metric: s
         traces.append(_scatter(x=mean.index.to_numpy(), y=mean.to_numpy(), mode="lines",
                                line={"color": colour(k), "dash": dash(k), "width": 2.5}, name=f"{name} (mean of folds, smoothed)"))
     return _figure(traces, f"Training progress of each run: {metric}", "iteration", _metric_label(metric))
+
+
+def sweep_parallel(rows: list[dict], varies: list[str]) -> go.Figure:
+    """A sweep at a glance: one line per run across the settings that differ and its pooled AUC, coloured by AUC (viridis).
+
+    Numeric settings keep their scale; others (a backbone, an optimiser) become evenly spaced named ticks.
+    """
+    dimensions = []
+    for key in varies:
+        values = [r["varies"][key] for r in rows]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            dimensions.append({"label": key, "values": values})
+        else:
+            names = sorted({str(v) for v in values})
+            dimensions.append({"label": key, "values": [names.index(str(v)) for v in values], "tickvals": list(range(len(names))),
+                               "ticktext": names})
+    auc = [100 * r["auc"] for r in rows]
+    dimensions.append({"label": "AUC % (pooled)", "values": auc})
+    trace = {"type": "parcoords", "dimensions": dimensions,
+             "line": {"color": auc, "colorscale": "Viridis", "showscale": True, "colorbar": {"title": {"text": "AUC %"}}}}
+    return go.Figure(data=[trace], layout={"title": {"text": "Sweep: settings against pooled AUC (one line per run)"}, "height": 420,
+                                           "margin": {"l": 80, "r": 80, "t": 90, "b": 40}})

@@ -112,6 +112,14 @@ def rates_table(rates: dict) -> pd.DataFrame:
                          for key, label in RATES.items()])
 
 
+TABLE3_KEY = ("AUC % (95% CI, DeLong)", "sensitivity % (95% CI)", "specificity % (95% CI)", "DeLong p vs first", "Holm p")
+
+
+def table3_key_columns(columns, varies) -> list[str]:
+    """Table 3's columns that fit a 1440 px screen: the settings that differ, AUC, sensitivity, specificity and the p-values."""
+    return [c for c in [*varies, *TABLE3_KEY] if c in list(columns)]
+
+
 def sweep_table(runs: pd.DataFrame) -> pd.DataFrame:
     """A sweep's runs while it trains: name, status, pooled AUC and training time."""
     return pd.DataFrame({"name": runs["name"], "status": runs["status"], "AUC % (pooled)": percent_column(runs["auc"], 2),
