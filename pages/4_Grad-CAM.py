@@ -13,7 +13,7 @@ import streamlit as st
 
 from core import CxrError
 from core.dashboard import cams_for, gallery
-from core.results.overlay import mask_outline, overlay
+from core.results.overlay import COLOUR_BAR_CAPTION, colour_bar, mask_outline, overlay
 from pages import page_setup
 from pages.ui.cached import finished_runs, run_record
 
@@ -73,6 +73,9 @@ def picture(gray, cam, mask):
 
 
 st.caption("Sorted by confidence (distance of the probability from 0.5). Mask outline in white where the data set has masks.")
+scale, _ = st.columns([1, 2])
+scale.image(colour_bar(), width="stretch")
+scale.caption(COLOUR_BAR_CAPTION)
 if others:
     missing = {o: sum(i["image_id"] not in across[o] for i in items) for o in others}
     for o, n in missing.items():

@@ -15,7 +15,7 @@ import streamlit as st
 
 from core import CxrError
 from core.dashboard import dataset_images, held_out_prediction
-from core.results.overlay import overlay
+from core.results.overlay import COLOUR_BAR_CAPTION, colour_bar, overlay
 from pages import page_setup
 from pages.ui.cached import predictable_runs
 
@@ -45,6 +45,8 @@ def heat_map(p) -> None:
     left.image(p.gray, caption="as the model saw it", width="stretch")
     right.image(overlay(p.gray, (p.cam * 255).astype("uint8"), opacity=opacity), caption=f"Grad-CAM for {p.positive_class}",
                 width="stretch")
+    right.image(colour_bar(), width="stretch")
+    right.caption(COLOUR_BAR_CAPTION)
 
 
 page_setup("Predict")

@@ -55,3 +55,14 @@ def test_the_runs_table_filters_by_name_or_tag_status_preset_and_data():
     assert display.filter_runs(table, text="mimic")["name"].tolist() == ["Paper repro"]  # and in tags
     assert display.filter_runs(table, statuses=["finished"], presets=["quick"])["name"].tolist() == ["baseline"]
     assert display.filter_runs(table, data=["user data"], text="demo").empty
+
+
+def test_the_colour_scale_runs_from_low_to_high_in_the_overlays_colours():
+    import numpy as np
+
+    from core.results.overlay import colour_bar, colormap
+
+    bar = colour_bar(width=256, height=4)
+    assert bar.shape == (4, 256, 3) and bar.dtype == np.uint8
+    np.testing.assert_array_equal(bar[0, 0], colormap(np.array([0.0]))[0])  # dark purple: low
+    np.testing.assert_array_equal(bar[0, -1], colormap(np.array([1.0]))[0])  # yellow: high

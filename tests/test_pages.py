@@ -81,10 +81,10 @@ def test_gradcam_page_shows_original_and_overlay_per_image(finished_run, monkeyp
     assert not at.exception
     cams = store.cams(result.run_id)
     shown = min(12, int((cams["target"] == "predicted").sum()))
-    assert len(at.get("image")) == 2 * shown  # original + overlay for each image
+    assert len(at.get("image")) == 2 * shown + 1  # original + overlay for each image, and the colour scale
     at.multiselect(key="cam_outcomes").set_value(["TN"]).run()
     n_tn = int(((cams["target"] == "predicted") & (cams["outcome"] == "TN")).sum())
-    assert len(at.get("image")) == 2 * min(12, n_tn)
+    assert len(at.get("image")) == 2 * min(12, n_tn) + 1
 
 
 def test_overlay_blends_a_resized_heat_map():
@@ -285,7 +285,7 @@ def test_predict_page_classifies_a_data_set_image(run_with_models, monkeypatch):
     assert not at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert 0 <= float(metrics["P(Effusion)"]) <= 1  # 'Normal' is recognised as the negative class and metrics["Call"] in ("Effusion", "Normal")
-    assert len(at.get("image")) == 2
+    assert len(at.get("image")) == 3  # the image, its overlay and the colour scale
     # an image of the run's own data set: its true label and the held-out fold's probability, with the caveat
     image_id = at.selectbox(key="predict_image").value
     fold, label_index, prob = store.prediction(result.run_id, image_id)
@@ -396,7 +396,7 @@ def test_a_confusion_matrix_cell_opens_its_images_in_the_gallery(finished_run, m
     assert at.multiselect(key="cam_outcomes").value == ["TN"]
     cams = store.cams(result.run_id)
     n_tn = int(((cams["target"] == "predicted") & (cams["outcome"] == "TN")).sum())
-    assert len(at.get("image")) == 2 * min(12, n_tn)
+    assert len(at.get("image")) == 2 * min(12, n_tn) + 1
 
 
 @pytest.mark.slow
@@ -413,7 +413,7 @@ def test_gallery_shows_the_same_images_across_runs_side_by_side(finished_run, mo
     assert not at.exception
     shown = min(12, int((store.cams(result.run_id)["target"] == "predicted").sum()))
     # each row: original, this run's overlay, the other run's overlay (both runs kept every image: 3 folds of 8 < gradcam_max)
-    assert len(at.get("image")) == 3 * shown
+    assert len(at.get("image")) == 3 * shown + 1
     captions = [m.value for m in at.markdown]
     assert "**other run**" in captions and "**tiny run**" in captions
 

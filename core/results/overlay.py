@@ -29,6 +29,15 @@ def overlay(gray_u8: np.ndarray, cam_u8: np.ndarray, *, opacity: float = 0.45) -
     return np.clip((1 - opacity) * base + opacity * _LUT[cam].astype(np.float32), 0, 255).astype(np.uint8)
 
 
+def colour_bar(width: int = 256, height: int = 14) -> np.ndarray:
+    """The overlays' colour scale as an image (height, width, 3): low relevance on the left, high on the right."""
+    return np.repeat(_LUT[np.linspace(0, 255, width).astype(np.uint8)][None], height, axis=0)
+
+
+COLOUR_BAR_CAPTION = ("Colour scale: dark purple = low, yellow = high relevance for the class (viridis). Each map is scaled to its "
+                      "own maximum, so colours compare regions within an image, not images.")
+
+
 def mask_outline(mask: np.ndarray) -> np.ndarray:
     """Boolean outline (one pixel) of a mask, to draw the lesion's border on an overlay."""
     m = np.asarray(mask, dtype=bool)
