@@ -1,4 +1,4 @@
-"""Command line: `python -m core demo-data|cohort|run|resume|sweep|report|export|predict|runs|settings|bench ...`.
+"""Command line: `python -m core demo-data|cohort|run|resume|sweep|report|export|predict|weights|runs|settings|bench ...`.
 
 stdout carries only the result a script wants (a run id, a path, a table); progress bars,
 notices and errors go to stderr. Exit codes: 0 success, 2 a problem the user can fix (one
@@ -94,6 +94,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, default=0.5)
     _common(predict)
 
+    weights = sub.add_parser("weights", help="fetch ImageNet weights into torch hub's cache, or list which are there")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    download = weights_sub.add_parser("download", help="download a backbone's ImageNet weights (checksum checked)")
+    download.add_argument("backbone", help="resnet18, resnet50, ... (python -m core settings lists them); 'all' for every one")
+    download.add_argument("--url", default=None, help="a mirror serving torchvision's weights file under its own name")
+    download.add_argument("--no-progress", action="store_true")
+    weights_sub.add_parser("list", help="which backbones have ImageNet weights cached, and where")
+
     runs = sub.add_parser("runs", help="list the runs in the store")
     _common(runs)
 
@@ -124,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return {"demo-data": cmd_demo_data, "cohort": cmd_cohort, "run": cmd_run, "resume": cmd_resume, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
-                "settings": cmd_settings, "bench": cmd_bench}[args.command](args)
+                "settings": cmd_settings, "bench": cmd_bench, "weights": cmd_weights}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -376,6 +384,26 @@ def cmd_bench_dashboard(args: argparse.Namespace) -> int:
     print(report(result))
     if args.out:
         print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_weights(args: argparse.Namespace) -> int:
+    """`weights download BACKBONE|all` prints each cached file's path on stdout; `weights list` a table."""
+    from core.config import BACKBONES
+    from core.training.models import download_imagenet, imagenet_cache_file
+
+    if args.weights_command == "list":
+        for name in BACKBONES:
+            file = imagenet_cache_file(name)
+            print(f"{name}\t{'cached' if file.is_file() else 'not cached'}\t{file}")
+        return 0
+    names = list(BACKBONES) if args.backbone == "all" else [args.backbone]
+    if args.url and len(names) > 1:
+        raise CxrError("--url names one file; give one backbone with it")
+    for name in names:
+        file = download_imagenet(name, url=args.url, progress=not args.no_progress)
+        print(f"ImageNet weights for {name}: {file}", file=sys.stderr)
+        print(file)
     return 0
 
 

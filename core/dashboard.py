@@ -328,6 +328,15 @@ def environment() -> dict:
     }
 
 
+def download_imagenet_weights(backbone: str) -> Path:
+    """Fetch a backbone's ImageNet weights into torch hub's cache (core.training.models.download_imagenet); refused in demo mode."""
+    from core.safety import refuse_in_demo_mode
+    from core.training.models import download_imagenet
+
+    refuse_in_demo_mode("downloading weights")
+    return download_imagenet(backbone, progress=False)
+
+
 def start_quick_demo(runs_dir: Path, demo_dir: Path) -> str:
     """Start the quick preset on the demo data in the background, keeping its fold models so that Predict can use the
     run straight after; returns the run id."""

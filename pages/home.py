@@ -7,7 +7,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.dashboard import demo_summary, environment, make_demo, start_quick_demo
+from core import CxrError
+from core.dashboard import demo_summary, download_imagenet_weights, environment, make_demo, start_quick_demo
 from core.safety import DEMO_NOTICE, demo_mode
 from pages import page_setup
 from pages.ui import display
@@ -36,6 +37,19 @@ if missing:
         f"ImageNet weights are not available offline for: {', '.join(missing)}. The `quick` preset then trains from "
         f"scratch (and says so); the `paper` preset will not start until the file is in `{env['cache_dir']}` "
         "or a local weights file is chosen.")
+    wanted = [name for name in ("resnet18", "resnet50") if name in missing]  # the quick and the paper preset's backbones
+    if wanted and not DEMO and cols[1].button(f"Download ImageNet weights for {' and '.join(wanted)}", key="home_weights",
+                                              help="Through torchvision's weights API into torch hub's cache, checksum checked "
+                                                   "(about 45 MB for resnet18, 98 MB for resnet50). Needs internet."):
+        for name in wanted:
+            try:
+                with st.spinner(f"Downloading the ImageNet weights of {name}..."):
+                    file = download_imagenet_weights(name)
+            except CxrError as exc:
+                cols[1].error(str(exc))
+                break
+            cols[1].success(f"{name}: {file}")
+        st.cache_data.clear()  # the environment summary above is cached
 
 st.subheader("Demo data")
 summary = demo_summary(DEMO_DIR)

@@ -75,3 +75,21 @@ def test_the_home_page_is_the_default_and_pages_open_by_their_files(dirs):
     assert not at.exception and at.title[0].value == "cxr-transfer"  # the home page is the default
     at.switch_page("pages/2_Runs.py").run()
     assert not at.exception and at.title[0].value == "Runs"
+
+
+def test_home_offers_to_download_missing_imagenet_weights_and_says_why_it_failed(dirs, monkeypatch):
+    """The button fetches the quick and paper presets' backbones; without network the error says what to do instead."""
+    from core import CxrError
+
+    monkeypatch.setenv("TORCH_HOME", str(dirs / "torch_home"))  # an empty hub cache
+    asked = []
+
+    def offline(name):
+        asked.append(name)
+        raise CxrError(f"cannot download {name}: no network. Without internet, copy the file ...")
+
+    monkeypatch.setattr("core.dashboard.download_imagenet_weights", offline)
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    at.button(key="home_weights").click().run()
+    assert not at.exception and asked == ["resnet18"]  # stops at the first failure
+    assert any("Without internet" in e.value for e in at.error)

@@ -80,6 +80,38 @@ def imagenet_available(name: str) -> bool:
     return imagenet_cache_file(name).is_file()
 
 
+def download_imagenet(name: str, *, url: str | None = None, progress: bool = True) -> Path:
+    """Fetch `name`'s ImageNet weights into torch hub's cache, where `weights=imagenet|auto` (and the paper preset) find them.
+
+    The URL is torchvision's own (its weights API, `get_model_weights(name).DEFAULT.url`) unless `url` names a mirror
+    that serves torchvision's files under their own names. As torch hub does, the file name carries the first
+    digits of the file's SHA-256 (`resnet18-f37072fd.pth`): a download that does not match is deleted, never kept.
+    Returns the cached file; one already there is not fetched again.
+    """
+    if name not in BACKBONES:
+        raise CxrError(f"unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
+    source = url or tvm.get_model_weights(name).DEFAULT.url
+    target = Path(torch.hub.get_dir()) / "checkpoints" / Path(source.split("?")[0]).name
+    if target.is_file():
+        return target
+    match = torch.hub.HASH_REGEX.search(target.name)
+    if match is None:
+        raise CxrError(f"{target.name} does not carry a checksum in its name (like resnet18-f37072fd.pth); use torchvision's file names")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # torch hub announces downloads on stdout, which the CLI keeps for results
+            torch.hub.download_url_to_file(source, str(target), hash_prefix=match.group(1), progress=progress)
+    except RuntimeError as exc:  # torch hub's checksum check: the partial file is already gone
+        target.unlink(missing_ok=True)
+        raise CxrError(f"the downloaded {target.name} does not match its checksum ({exc}); nothing was kept. "
+                       "Try again, or copy the file by hand") from None
+    except (OSError, ValueError) as exc:  # no network (URLError is an OSError), refused, a full disk, a bad URL
+        target.unlink(missing_ok=True)
+        raise CxrError(f"cannot download {source}: {exc}. Without internet, copy {target.name} from a machine that has it to "
+                       f"{target}, or pass a local file with --set weights=/path/to/{target.name}") from None
+    return target
+
+
 def build_model(name: str, num_classes: int, weights: str) -> tuple[nn.Module, WeightsReport]:
     """A backbone with its final layer replaced for `num_classes`, and a report of its weights.
 
