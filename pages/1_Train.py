@@ -27,78 +27,6 @@ RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 DEMO_DIR = os.environ.get("CXR_DEMO_DIR", "data/demo")
 FIELDS = {f.name: f for f in fields(RunConfig)}
 
-page_setup("Train")
-st.title("Train")
-if demo_mode():
-    st.info(f"{DEMO_NOTICE} Training is not available here.")
-    st.stop()
-
-name = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
-                    help="paper: the study's protocol (ResNet-50, 224 px, 10 folds, 250 iterations). quick: a 2-core CPU demo.")
-# Runs started here keep their fold models, so the Predict page can use them (the CLI's default stays off).
-base = preset(name).replace(save_models=True)
-
-
-def field_input(col, f, value):
-    """One form field for one RunConfig setting, with the setting's own help text."""
-    meta, key = f.metadata, f"train_{name}_{f.name}"
-    if f.type == "bool":
-        return col.checkbox(f.name, value, help=meta["help"], key=key)
-    if "choices" in meta:
-        return col.selectbox(f.name, meta["choices"], index=meta["choices"].index(value), help=meta["help"], key=key)
-    if f.type == "int":
-        return col.number_input(f.name, value=value, step=1, help=meta["help"], key=key)
-    if f.type == "float":
-        return col.number_input(f.name, value=float(value), format="%g", help=meta["help"], key=key)
-    return col.text_input(f.name, value, help=meta["help"], key=key)
-
-
-with st.form("train_form"):
-    data = st.text_input("Data set", DEMO_DIR, help=FIELDS["data"].metadata["help"], key="train_data")
-    run_name = st.text_input("Run name (optional)", key="train_name", max_chars=120,
-                             placeholder=f"empty: named from the preset and what you change, e.g. '{name} · lr 1e-4 · seed 1'",
-                             help="Shown wherever the run is listed or compared; rename it later on the Runs page.")
-    megabytes = BACKBONE_MILLION_PARAMS[base.backbone] * 4 * base.folds
-    st.caption(f"save_models is on: the {base.folds} fold models are kept so Predict can use the run, about {megabytes:.0f} MB "
-               f"for {base.backbone} ({BACKBONE_MILLION_PARAMS[base.backbone]:.1f} M parameters x 4 bytes x {base.folds} folds); "
-               "untick it under Execution to save the disk.")
-    values = {}
-    for section, names in SECTIONS.items():
-        names = [n for n in names if n != "data"]
-        with st.expander(section, expanded=section in ("Model and weights", "Optimisation")):
-            cols = st.columns(3)
-            for k, field_name in enumerate(names):
-                values[field_name] = field_input(cols[k % 3], FIELDS[field_name], getattr(base, field_name))
-    grid_text = st.text_area(
-        "Sweep grid (optional): one setting per line, values comma-separated", key="train_grid", height=90,
-        placeholder="max_iterations=50,100,200\nlearning_rate=1e-3,1e-4",
-        help="'Start sweep' runs every combination on the same folds, so the Compare page can test them pairwise (DeLong).")
-    left, right = st.columns(2)
-    submitted = left.form_submit_button("Start run", type="primary")
-    sweep_submitted = right.form_submit_button("Start sweep")
-
-if submitted or sweep_submitted:
-    try:
-        check_data_path(data)  # typed in a browser: only under the configured data roots
-        if values["weights"] not in NAMED_WEIGHTS:
-            check_data_path(values["weights"])
-        cfg = apply_overrides(base, [f"data={data}"] + [f"{k}={v}" for k, v in values.items() if v != asdict(base)[k]])
-        if sweep_submitted:
-            grid = parse_grid([line for line in grid_text.splitlines() if line.strip()])
-            sweep_id, _ = start_sweep(cfg, grid, runs_dir=RUNS_DIR, preset=name)
-            n_runs = 1
-            for v in grid.values():
-                n_runs *= len(v)
-            st.session_state["train_sweep"] = (sweep_id, n_runs)
-            st.session_state.pop("train_job", None)
-        else:
-            run_id, _ = start_run(cfg, runs_dir=RUNS_DIR, preset=name, name=run_name.strip())
-            st.session_state["train_job"] = run_id
-            st.session_state.pop("train_sweep", None)
-    except CxrError as exc:
-        st.error(str(exc))
-
-
 def show_run(run_id: str, *, title: str) -> None:
     p = job_progress(RUNS_DIR, run_id)
     st.subheader(f"{title}: {p['status']}")
@@ -150,11 +78,94 @@ def live_sweep(sweep_id: str, n_runs: int) -> None:
         show_run(s["current"], title="Training now")
 
 
-if "train_sweep" in st.session_state:
-    live_sweep(*st.session_state["train_sweep"])
-elif "train_job" in st.session_state:
-    live_run(st.session_state["train_job"])
-elif running := active_runs(RUNS_DIR):  # started from the command line, or in another browser tab
-    watched = st.selectbox("Runs in progress", list(running), format_func=running.get, key="train_watch",
-                           help="Runs training now, wherever they were started (here, another browser, python -m core run).")
-    live_run(watched)
+page_setup("Train")
+st.title("Train")
+if demo_mode():
+    st.info(f"{DEMO_NOTICE} Training is not available here.")
+    st.stop()
+
+name = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
+                    help="paper: the study's protocol (ResNet-50, 224 px, 10 folds, 250 iterations). quick: a 2-core CPU demo.")
+# Runs started here keep their fold models, so the Predict page can use them (the CLI's default stays off).
+base = preset(name).replace(save_models=True)
+
+# The live view sits above the form, right under the preset: after Start it is the first thing in sight.
+live = st.container()
+with live:
+    if "train_sweep" in st.session_state:
+        live_sweep(*st.session_state["train_sweep"])
+    elif "train_job" in st.session_state:
+        live_run(st.session_state["train_job"])
+    elif running := active_runs(RUNS_DIR):  # started from the command line, or in another browser tab
+        watched = st.selectbox("Runs in progress", list(running), format_func=running.get, key="train_watch",
+                               help="Runs training now, wherever they were started (here, another browser, python -m core run).")
+        live_run(watched)
+
+
+def label_of(field_name: str) -> str:
+    """A setting's label in words: 'head_lr_factor' -> 'Head lr factor' (the field's name stays in the help, for --set)."""
+    words = field_name.replace("_", " ")
+    return words[0].upper() + words[1:]
+
+
+def field_input(col, f, value):
+    """One form field for one RunConfig setting, labelled in words, with the setting's own help text and its name."""
+    meta, key = f.metadata, f"train_{name}_{f.name}"
+    label, help_text = label_of(f.name), f"{meta['help']}  \nSetting: `{f.name}` (command line: `--set {f.name}=...`)."
+    if f.type == "bool":
+        return col.checkbox(label, value, help=help_text, key=key)
+    if "choices" in meta:
+        return col.selectbox(label, meta["choices"], index=meta["choices"].index(value), help=help_text, key=key)
+    if f.type == "int":
+        return col.number_input(label, value=value, step=1, help=help_text, key=key)
+    if f.type == "float":
+        return col.number_input(label, value=float(value), format="%g", help=help_text, key=key)
+    return col.text_input(label, value, help=help_text, key=key)
+
+
+with st.form("train_form"):
+    data = st.text_input("Data set", DEMO_DIR, help=FIELDS["data"].metadata["help"], key="train_data")
+    run_name = st.text_input("Run name (optional)", key="train_name", max_chars=120,
+                             placeholder=f"empty: named from the preset and what you change, e.g. '{name} · lr 1e-4 · seed 1'",
+                             help="Shown wherever the run is listed or compared; rename it later on the Runs page.")
+    megabytes = BACKBONE_MILLION_PARAMS[base.backbone] * 4 * base.folds
+    st.caption(f"save_models is on: the {base.folds} fold models are kept so Predict can use the run, about {megabytes:.0f} MB "
+               f"for {base.backbone} ({BACKBONE_MILLION_PARAMS[base.backbone]:.1f} M parameters x 4 bytes x {base.folds} folds); "
+               "untick it under Execution to save the disk.")
+    values = {}
+    for section, names in SECTIONS.items():
+        names = [n for n in names if n != "data"]
+        with st.expander(section, expanded=section in ("Model and weights", "Optimisation")):
+            cols = st.columns(3)
+            for k, field_name in enumerate(names):
+                values[field_name] = field_input(cols[k % 3], FIELDS[field_name], getattr(base, field_name))
+    grid_text = st.text_area(
+        "Sweep grid (optional): one setting per line, values comma-separated", key="train_grid", height=90,
+        placeholder="max_iterations=50,100,200\nlearning_rate=1e-3,1e-4",
+        help="'Start sweep' runs every combination on the same folds, so the Compare page can test them pairwise (DeLong).")
+    left, right = st.columns(2)
+    submitted = left.form_submit_button("Start run", type="primary")
+    sweep_submitted = right.form_submit_button("Start sweep")
+
+if submitted or sweep_submitted:
+    try:
+        check_data_path(data)  # typed in a browser: only under the configured data roots
+        if values["weights"] not in NAMED_WEIGHTS:
+            check_data_path(values["weights"])
+        cfg = apply_overrides(base, [f"data={data}"] + [f"{k}={v}" for k, v in values.items() if v != asdict(base)[k]])
+        if sweep_submitted:
+            grid = parse_grid([line for line in grid_text.splitlines() if line.strip()])
+            sweep_id, _ = start_sweep(cfg, grid, runs_dir=RUNS_DIR, preset=name)
+            n_runs = 1
+            for v in grid.values():
+                n_runs *= len(v)
+            st.session_state["train_sweep"] = (sweep_id, n_runs)
+            st.session_state.pop("train_job", None)
+            st.rerun()
+        else:
+            run_id, _ = start_run(cfg, runs_dir=RUNS_DIR, preset=name, name=run_name.strip())
+            st.session_state["train_job"] = run_id
+            st.session_state.pop("train_sweep", None)
+            st.rerun()
+    except CxrError as exc:
+        st.error(str(exc))

@@ -325,3 +325,17 @@ def test_the_train_page_offers_resume_for_a_failed_run_and_says_when_a_run_is_qu
     at.run()
     assert "Queued: waiting for the GPU, which run broke holds" in at.info[0].value
     assert at.button(key="train_cancel_waits") and not any(b.key == "train_resume_waits" for b in at.button)
+
+
+def test_a_finished_background_job_is_reaped_not_left_a_zombie(tmp_path):
+    """The dashboard starts jobs and never waits for them; each must still be reaped when it ends."""
+    import time
+
+    from core.jobs.launch import _spawn
+
+    pid = _spawn(["--help"], runs_dir=tmp_path, log_name="reap-test")  # exits at once
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not Path(f"/proc/{pid}").exists()  # a zombie keeps its /proc entry until its parent waits for it
+    assert "usage: python -m core" in (tmp_path / "jobs" / "reap-test.log").read_text()

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from core.config import RunConfig
@@ -84,6 +85,9 @@ def _spawn(args: list[str], *, runs_dir: Path, log_name: str) -> int:
     with open(log, "ab") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    # Reap it when it ends, or it stays a zombie in the process table until the dashboard exits. A daemon thread, so
+    # stopping the dashboard does not wait for the job (the job's own session keeps it running).
+    threading.Thread(target=proc.wait, name=f"reap-{log_name}", daemon=True).start()
     return proc.pid
 
 
