@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Iterable
 
 from core import CxrError
 
@@ -151,16 +151,22 @@ def _value_text(value: Any) -> str:
     return str(value)
 
 
-def auto_name(cfg: "RunConfig", preset_name: str = "") -> str:
+def auto_name(cfg: "RunConfig", preset_name: str = "", among: Iterable[str] | None = None) -> str:
     """A readable name for a run nobody named: its preset and the settings that differ from it, e.g. `quick · lr 1e-4 · seed 1`.
 
     Data settings and those in RESULT_NEUTRAL are left out (the data set is shown apart; they do not change results).
+    `among`: only these settings are named. A sweep passes the swept ones: its runs share everything else, and a name
+    that repeats a dozen shared settings hides the one that tells them apart.
     """
+    only = None if among is None else set(among)
     base = preset(preset_name) if preset_name in PRESETS else RunConfig()
     parts = [preset_name or "custom"]
     for f in fields(RunConfig):
         value = getattr(cfg, f.name)
-        if f.name in RESULT_NEUTRAL or f.name in _DATA_FIELDS or value == getattr(base, f.name):
+        if only is not None:
+            if f.name not in only:  # a swept setting is named even where it equals the preset's value
+                continue
+        elif f.name in RESULT_NEUTRAL or f.name in _DATA_FIELDS or value == getattr(base, f.name):
             continue
         short = _SHORT.get(f.name, f.name)
         if f.name == "image_size":

@@ -1,4 +1,5 @@
-"""Every page in a real headless Chromium against a running server: no exception text anywhere.
+"""The dashboard in a real headless Chromium against a running server: every page without exception text, and
+the demo path a new user walks (Home -> Train -> Runs -> Compare -> Grad-CAM -> Predict) step by step.
 
 Skips with a reason where Chromium or Playwright is missing (.ci/run installs both).
 """
@@ -6,6 +7,7 @@ Skips with a reason where Chromium or Playwright is missing (.ci/run installs bo
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -42,7 +44,7 @@ def server(tmp_path_factory):
     cfg = tiny_config(data, batch_size=8, max_iterations=2, folds=3, eval_every=1)
     run_cross_validation(cfg, store=Store(root / "runs"), name="browser run")
     port = _free_port()
-    env = {**os.environ, "CXR_RUNS_DIR": str(root / "runs"), "CXR_DEMO_DIR": str(root / "demo")}
+    env = {**os.environ, "CXR_RUNS_DIR": str(root / "runs"), "CXR_DEMO_DIR": str(root / "demo"), "CXR_DATA_ROOTS": str(root)}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true",
                              "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
@@ -52,13 +54,14 @@ def server(tmp_path_factory):
             break
         except OSError:
             time.sleep(0.5)
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", data
     proc.terminate()
     proc.wait(timeout=20)
 
 
 @pytest.mark.slow
 def test_every_page_renders_without_exceptions(server):
+    server, _ = server
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                                                                       "--disable-component-update"])
@@ -75,3 +78,115 @@ def test_every_page_renders_without_exceptions(server):
             nav = page.inner_text("[data-testid='stSidebarNav']").split("\n")
             assert "Home" in nav and "app" not in nav and all(n in nav for n in PAGES if n), nav
         browser.close()
+
+
+def _browser(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                                              "--disable-component-update"])
+
+
+def _open(page, url: str, title: str) -> None:
+    page.goto(url)
+    page.get_by_role("heading", name=title, exact=True).wait_for(timeout=60_000)
+    _settle(page)
+
+
+def _settle(page) -> None:
+    """Wait until Streamlit has finished running the script (its status widget says "Running..." until then)."""
+    page.wait_for_timeout(500)
+    page.locator("[data-testid='stStatusWidget']").wait_for(state="hidden", timeout=120_000)
+    page.wait_for_timeout(1000)
+
+
+def _no_exception(page, step: str) -> None:
+    assert page.locator("[data-testid='stException']").count() == 0, f"{step}: {page.inner_text('body')[:800]}"
+
+
+def _choose(page, widget, option: str) -> None:
+    """Pick `option` (a substring of its label) in a Streamlit selectbox or multiselect."""
+    widget.click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    _settle(page)
+
+
+@pytest.mark.slow
+def test_the_demo_path_from_home_to_predict(server, tmp_path):
+    """A quick run started on Train is read on Runs (threshold moved), compared, explained and used on Predict.
+
+    Screenshots of every step go to $CXR_SHOTS_DIR (or the test's temporary folder) for a person to look at.
+    """
+    server, data = server
+    shots = Path(os.environ.get("CXR_SHOTS_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+
+        # Home: the runs table, then the sidebar to Train
+        _open(page, server, "cxr-transfer")
+        page.screenshot(path=shots / "1-home.png", full_page=True)
+        page.locator("[data-testid='stSidebarNav']").get_by_text("Train", exact=True).click()
+        page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
+        _settle(page)
+
+        # Train: the quick preset on the tiny data set, 2 iterations x 3 folds, named automatically
+        page.get_by_label("Data set").fill(str(data))
+        page.get_by_label("Max iterations").fill("2")
+        page.get_by_text("Cross-validation", exact=True).click()
+        page.get_by_label("Folds", exact=True).fill("3")
+        page.get_by_role("button", name="Start run").click()
+        finished = page.get_by_text(re.compile(r"^Run \S+: finished$"))
+        finished.wait_for(timeout=240_000)
+        run_id = finished.inner_text().split()[1].rstrip(":")
+        _settle(page)
+        page.screenshot(path=shots / "2-train.png", full_page=True)
+        _no_exception(page, "Train")
+        name = "quick · iters 2 · folds 3"  # core.config.auto_name: the preset and what was changed
+
+        # Runs: the new run is listed by its name; the threshold at 0 calls every image positive
+        _open(page, f"{server}/Runs", "Runs")
+        _choose(page, page.get_by_label("Run", exact=True), name)
+        assert "At 0.50: Pooled confusion matrix" in page.inner_text("body")
+        page.get_by_role("slider").first.focus()
+        page.keyboard.press("Home")
+        page.get_by_text(re.compile("At 0.00: Pooled confusion matrix")).wait_for(timeout=30_000)
+        _settle(page)
+        text = page.inner_text("body")
+        assert "accuracy 50.0 %" in text and "100.0 % correct" in text and "0.0 % correct" in text, text[:2000]
+        assert "At 0.00 (95 % Wilson intervals)" in text
+        page.screenshot(path=shots / "3-runs.png", full_page=True)
+        _no_exception(page, "Runs")
+
+        # Compare: the new run against the fixture's run; both named in Table 3's figures
+        _open(page, f"{server}/Compare", "Compare runs")
+        runs_picker = page.get_by_label("Runs (the first is the reference row)")
+        _choose(page, runs_picker, name)
+        _choose(page, runs_picker, "browser run")
+        page.get_by_role("heading", name="Table 3").wait_for(timeout=60_000)
+        _settle(page)
+        text = page.inner_text("body")
+        assert name in text and "browser run" in text and "Settings that differ" in text, text[:2000]
+        page.screenshot(path=shots / "4-compare.png", full_page=True)
+        _no_exception(page, "Compare")
+
+        # Grad-CAM: the new run's heat maps beside the originals, with the colour scale
+        _open(page, f"{server}/Grad-CAM", "Grad-CAM gallery")
+        _choose(page, page.get_by_label("Run", exact=True), name)
+        images = page.locator("[data-testid='stImage']")
+        assert images.count() >= 3, page.inner_text("body")[:2000]  # the colour scale, an original and its overlay
+        assert "each map is scaled" in page.inner_text("body").lower()
+        page.screenshot(path=shots / "5-gradcam.png", full_page=True)
+        _no_exception(page, "Grad-CAM")
+
+        # Predict: the run just trained (it kept its fold models), on an image of its own data set
+        _open(page, f"{server}/Predict", "Predict")
+        _choose(page, page.get_by_label("Run", exact=True), name)
+        page.get_by_text("from the data set", exact=True).click()
+        page.get_by_text(re.compile("True label:")).wait_for(timeout=120_000)
+        _settle(page)
+        text = page.inner_text("body")
+        assert "Out of fold" in text and "never saw this image" in text and "P(Effusion)" in text, text[:2000]
+        page.screenshot(path=shots / "6-predict.png", full_page=True)
+        _no_exception(page, "Predict")
+        browser.close()
+    assert run_id

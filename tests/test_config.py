@@ -74,6 +74,8 @@ def test_a_run_nobody_named_is_named_by_its_preset_and_what_differs_from_it():
     # the data set and settings that change no result are not part of a name
     assert auto_name(quick.replace(data="/x", save_models=True, device="cpu", parallel_folds=2), "quick") == "quick"
     assert auto_name(RunConfig(max_iterations=500), "") == "custom · iters 500"
+    # a sweep names only what it sweeps, even a value equal to the preset's
+    assert auto_name(quick.replace(learning_rate=1e-3, seed=3), "quick", among=["learning_rate"]) == "quick · lr 1e-3"
 
 
 def test_settings_that_change_no_result_are_not_differences_between_runs():

@@ -70,7 +70,7 @@ def test_compare_page_shows_table3_for_a_sweep(tmp_path, monkeypatch):
     at = AppTest.from_file(str(PAGES / "3_Compare.py"), default_timeout=120).run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert list(table.index) == ["max_iterations=1", "max_iterations=3"]
+    assert list(table.index) == ["custom · iters 1", "custom · iters 3"]  # named by what the sweep varies
     assert "DeLong p vs first" in table.columns and table["DeLong p vs first"].iloc[0] == "-"
 
 

@@ -257,6 +257,9 @@ def test_start_resume_passes_an_argument_list_and_records_the_new_process(tmp_pa
             started.append((cmd, kw))
             self.pid = sleeper.pid  # stands in for the started process
 
+        def wait(self):  # the launcher reaps what it starts
+            return 0
+
     monkeypatch.setattr(jobs.subprocess, "Popen", FakePopen)
     assert jobs.start_resume("x; rm -rf ~", runs_dir=tmp_path) == sleeper.pid
     cmd, kw = started[0]

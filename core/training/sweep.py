@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from core import CxrError
 from core.ids import new_sweep_id
-from core.config import RunConfig, apply_overrides
+from core.config import RunConfig, apply_overrides, auto_name
 
 if TYPE_CHECKING:  # the engine (torch) is imported only to run: parsing and checking a grid stays instant
     from core.training.engine import Progress, RunResult
@@ -58,8 +58,9 @@ def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, pres
     results: list[RunResult] = []
     splits: dict[str, int] | None = None
     for _, cfg in combos:
-        # named automatically (core.config.auto_name): the preset and what differs from it, the swept values included
-        result = run_cross_validation(cfg, store=store, preset=preset, name="", progress=progress, sweep_id=sweep_id, fixed_splits=splits)
+        # named by the preset and the swept values (`quick · lr 1e-4`): what tells the sweep's runs apart
+        result = run_cross_validation(cfg, store=store, preset=preset, name=auto_name(cfg, preset, among=grid), progress=progress,
+                                      sweep_id=sweep_id, fixed_splits=splits)
         if splits is None:
             table = store.splits(result.run_id)
             splits = dict(zip(table["image_id"], table["fold"].astype(int)))
