@@ -178,6 +178,11 @@ def auto_name(cfg: "RunConfig", preset_name: str = "", among: Iterable[str] | No
     return " · ".join(parts)
 
 
+def ignored_by_optimizer(optimizer: str) -> frozenset[str]:
+    """Settings the chosen optimiser does not read (the Train page hides them): Adam has no momentum setting of ours."""
+    return frozenset() if optimizer == "sgdm" else frozenset({"momentum"})
+
+
 # Presets are overrides on top of the defaults (which already are the study's values).
 PRESETS: dict[str, dict[str, Any]] = {
     # ../shared/PAPER.md: ResNet-50, ImageNet, 224 px, SGDM 0.9, L2 1e-4, lr 1e-4 constant,

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.sources import DEMO_MARKER
+from core.results.eta import eta_seconds
 from core.results.records import RunRecord, RunSummary
 from core.results.store import Store
 
@@ -246,9 +247,11 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     status = effective_status(run)  # 'interrupted' when the process is gone without saying why (killed, power loss)
     elapsed = float(curve.groupby("fold")["elapsed_s"].max().sum()) if not curve.empty else 0.0
     fraction = min(1.0, done / total) if total else 0.0
-    eta = elapsed * (1 - fraction) / fraction if fraction > 0 and status == "running" else None
+    folds = store.folds(run_id)
+    eta = eta_seconds(curve, folds, done=done, total=total, n_folds=cfg.folds) if status == "running" else None
+    folds_done = int((folds["status"] == "finished").sum()) if not folds.empty else 0
     return {"status": status, "fraction": fraction, "done": done, "total": total, "elapsed_s": elapsed, "eta_s": eta,
-            "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": _folds_done(store, run_id),
+            "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": folds_done,
             "gpu_holder": holder(Path(runs_dir)) if status == "queued" else ""}
 
 
@@ -264,11 +267,6 @@ def active_runs(runs_dir: Path) -> dict[str, str]:
                        "WHERE status IN ('running', 'queued') ORDER BY created_at DESC")
     return {r["run_id"]: f"{r['name'] or r['run_id']} · {r['status']} · {r['preset'] or 'custom'}"
             for r in runs.to_dict("records") if run_alive(r)}
-
-
-def _folds_done(store: Store, run_id: str) -> int:
-    folds = store.folds(run_id)
-    return int((folds["status"] == "finished").sum()) if not folds.empty else 0
 
 
 def unfinished_candidates(runs_dir: Path) -> list[dict]:

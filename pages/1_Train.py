@@ -14,7 +14,8 @@ import streamlit as st
 
 from core import CxrError
 from core.results import figures
-from core.config import BACKBONE_MILLION_PARAMS, NAMED_WEIGHTS, PRESETS, SECTIONS, RunConfig, apply_overrides, preset
+from core.config import (BACKBONE_MILLION_PARAMS, NAMED_WEIGHTS, OPTIMIZERS, PRESETS, SECTIONS, RunConfig, apply_overrides,
+                         ignored_by_optimizer, preset)
 from core.dashboard import active_runs, job_progress, sweep_progress
 from core.jobs.launch import cancel, start_resume, start_run, start_sweep
 from core.jobs.lifecycle import UNFINISHED
@@ -36,7 +37,8 @@ def show_run(run_id: str, *, title: str) -> None:
             st.code(p["log"])
         return
     label = f"{p['done']} of {p['total']} iterations" if p["total"] else f"{p['done']} iterations"
-    eta = f", about {p['eta_s']:.0f} s left" if p["eta_s"] else ""
+    # core.results.eta: the recent pace per iteration plus each remaining fold's evaluation and saving time
+    eta = f", about {p['eta_s']:.0f} s left" if p["eta_s"] is not None else (", estimating the time left..." if p["status"] == "running" else "")
     st.progress(p["fraction"], text=f"{label}, {p['folds_done']} folds finished, {p['elapsed_s']:.0f} s training{eta}")
     if p["status"] == "queued":
         st.info(f"Queued: waiting for the GPU, which run {p['gpu_holder'] or '(unknown)'} holds (one CUDA run at a time).")
@@ -84,22 +86,15 @@ if demo_mode():
     st.info(f"{DEMO_NOTICE} Training is not available here.")
     st.stop()
 
-name = st.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
-                    help="paper: the study's protocol (ResNet-50, 224 px, 10 folds, 250 iterations). quick: a 2-core CPU demo.")
+top_left, top_right = st.columns(2)
+name = top_left.selectbox("Preset", list(PRESETS), index=list(PRESETS).index("quick"), key="train_preset",
+                          help="paper: the study's protocol (ResNet-50, 224 px, 10 folds, 250 iterations). quick: a 2-core CPU demo.")
 # Runs started here keep their fold models, so the Predict page can use them (the CLI's default stays off).
 base = preset(name).replace(save_models=True)
-
-# The live view sits above the form, right under the preset: after Start it is the first thing in sight.
-live = st.container()
-with live:
-    if "train_sweep" in st.session_state:
-        live_sweep(*st.session_state["train_sweep"])
-    elif "train_job" in st.session_state:
-        live_run(st.session_state["train_job"])
-    elif running := active_runs(RUNS_DIR):  # started from the command line, or in another browser tab
-        watched = st.selectbox("Runs in progress", list(running), format_func=running.get, key="train_watch",
-                               help="Runs training now, wherever they were started (here, another browser, python -m core run).")
-        live_run(watched)
+# Outside the form so that choosing it reruns the page at once: the form then hides what this optimiser ignores.
+optimizer = top_right.selectbox("Optimizer", list(OPTIMIZERS), index=list(OPTIMIZERS).index(base.optimizer), key=f"train_{name}_optimizer",
+                                help=f"{FIELDS['optimizer'].metadata['help']}  \nSetting: `optimizer` (command line: `--set optimizer=...`).")
+hidden = {"data", "optimizer", *ignored_by_optimizer(optimizer)}
 
 
 def label_of(field_name: str) -> str:
@@ -128,13 +123,13 @@ with st.form("train_form"):
     run_name = st.text_input("Run name (optional)", key="train_name", max_chars=120,
                              placeholder=f"empty: named from the preset and what you change, e.g. '{name} · lr 1e-4 · seed 1'",
                              help="Shown wherever the run is listed or compared; rename it later on the Runs page.")
-    megabytes = BACKBONE_MILLION_PARAMS[base.backbone] * 4 * base.folds
-    st.caption(f"save_models is on: the {base.folds} fold models are kept so Predict can use the run, about {megabytes:.0f} MB "
-               f"for {base.backbone} ({BACKBONE_MILLION_PARAMS[base.backbone]:.1f} M parameters x 4 bytes x {base.folds} folds); "
-               "untick it under Execution to save the disk.")
+    per_fold = BACKBONE_MILLION_PARAMS[base.backbone] * 4  # float32 parameters
+    st.caption(f"save_models is on: each fold model is kept so Predict can use the run, about {per_fold:.0f} MB per fold for "
+               f"{base.backbone} ({BACKBONE_MILLION_PARAMS[base.backbone]:.1f} M parameters x 4 bytes; {per_fold * base.folds:.0f} MB "
+               f"for the preset's {base.folds} folds); untick it under Execution to save the disk.")
     values = {}
     for section, names in SECTIONS.items():
-        names = [n for n in names if n != "data"]
+        names = [n for n in names if n not in hidden]
         with st.expander(section, expanded=section in ("Model and weights", "Optimisation")):
             cols = st.columns(3)
             for k, field_name in enumerate(names):
@@ -147,11 +142,24 @@ with st.form("train_form"):
     submitted = left.form_submit_button("Start run", type="primary")
     sweep_submitted = right.form_submit_button("Start sweep")
 
+# The live view right under the Start buttons: the page keeps its scroll position after Start, so this is where
+# the user is looking (above the form it appeared about 1,000 px out of sight).
+with st.container():
+    if "train_sweep" in st.session_state:
+        live_sweep(*st.session_state["train_sweep"])
+    elif "train_job" in st.session_state:
+        live_run(st.session_state["train_job"])
+    elif running := active_runs(RUNS_DIR):  # started from the command line, or in another browser tab
+        watched = st.selectbox("Runs in progress", list(running), format_func=running.get, key="train_watch",
+                               help="Runs training now, wherever they were started (here, another browser, python -m core run).")
+        live_run(watched)
+
 if submitted or sweep_submitted:
     try:
         check_data_path(data)  # typed in a browser: only under the configured data roots
         if values["weights"] not in NAMED_WEIGHTS:
             check_data_path(values["weights"])
+        values["optimizer"] = optimizer
         cfg = apply_overrides(base, [f"data={data}"] + [f"{k}={v}" for k, v in values.items() if v != asdict(base)[k]])
         if sweep_submitted:
             grid = parse_grid([line for line in grid_text.splitlines() if line.strip()])

@@ -98,6 +98,16 @@ def _settle(page) -> None:
     page.wait_for_timeout(1000)
 
 
+def _shot(page, path: Path) -> None:
+    """The whole page: Streamlit scrolls inside its own container, so a full-page screenshot shows one screen; a tall
+    viewport for the moment of the screenshot shows all of it."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": size["width"], "height": 3200})
+    page.wait_for_timeout(1500)
+    page.screenshot(path=path)
+    page.set_viewport_size(size)
+
+
 def _no_exception(page, step: str) -> None:
     assert page.locator("[data-testid='stException']").count() == 0, f"{step}: {page.inner_text('body')[:800]}"
 
@@ -106,6 +116,7 @@ def _choose(page, widget, option: str) -> None:
     """Pick `option` (a substring of its label) in a Streamlit selectbox or multiselect."""
     widget.click()
     page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+    page.keyboard.press("Escape")  # a multiselect's list stays open over the page
     _settle(page)
 
 
@@ -122,71 +133,75 @@ def test_the_demo_path_from_home_to_predict(server, tmp_path):
         browser = _browser(p)
         page = browser.new_page(viewport={"width": 1440, "height": 1000})
 
-        # Home: the runs table, then the sidebar to Train
-        _open(page, server, "cxr-transfer")
-        page.screenshot(path=shots / "1-home.png", full_page=True)
-        page.locator("[data-testid='stSidebarNav']").get_by_text("Train", exact=True).click()
-        page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
-        _settle(page)
+        try:
+            # Home: the runs table, then the sidebar to Train
+            _open(page, server, "cxr-transfer")
+            _shot(page, shots / "1-home.png")
+            page.locator("[data-testid='stSidebarNav']").get_by_text("Train", exact=True).click()
+            page.get_by_role("heading", name="Train", exact=True).wait_for(timeout=60_000)
+            _settle(page)
 
-        # Train: the quick preset on the tiny data set, 2 iterations x 3 folds, named automatically
-        page.get_by_label("Data set").fill(str(data))
-        page.get_by_label("Max iterations").fill("2")
-        page.get_by_text("Cross-validation", exact=True).click()
-        page.get_by_label("Folds", exact=True).fill("3")
-        page.get_by_role("button", name="Start run").click()
-        finished = page.get_by_text(re.compile(r"^Run \S+: finished$"))
-        finished.wait_for(timeout=240_000)
-        run_id = finished.inner_text().split()[1].rstrip(":")
-        _settle(page)
-        page.screenshot(path=shots / "2-train.png", full_page=True)
-        _no_exception(page, "Train")
-        name = "quick · iters 2 · folds 3"  # core.config.auto_name: the preset and what was changed
+            # Train: the quick preset on the tiny data set, 2 iterations x 3 folds, named automatically
+            page.get_by_label("Data set", exact=True).fill(str(data))
+            page.get_by_label("Max iterations", exact=True).fill("2")
+            page.get_by_text("Cross-validation", exact=True).click()
+            page.get_by_label("Folds", exact=True).fill("3")
+            page.get_by_role("button", name="Start run").click()
+            finished = page.get_by_text(re.compile(r"^Run \S+: finished$"))
+            finished.wait_for(timeout=240_000)
+            run_id = finished.inner_text().split()[1].rstrip(":")
+            _settle(page)
+            _shot(page, shots / "2-train.png")
+            _no_exception(page, "Train")
+            name = "quick · iters 2 · folds 3"  # core.config.auto_name: the preset and what was changed
 
-        # Runs: the new run is listed by its name; the threshold at 0 calls every image positive
-        _open(page, f"{server}/Runs", "Runs")
-        _choose(page, page.get_by_label("Run", exact=True), name)
-        assert "At 0.50: Pooled confusion matrix" in page.inner_text("body")
-        page.get_by_role("slider").first.focus()
-        page.keyboard.press("Home")
-        page.get_by_text(re.compile("At 0.00: Pooled confusion matrix")).wait_for(timeout=30_000)
-        _settle(page)
-        text = page.inner_text("body")
-        assert "accuracy 50.0 %" in text and "100.0 % correct" in text and "0.0 % correct" in text, text[:2000]
-        assert "At 0.00 (95 % Wilson intervals)" in text
-        page.screenshot(path=shots / "3-runs.png", full_page=True)
-        _no_exception(page, "Runs")
+            # Runs: the new run is listed by its name; the threshold at 0 calls every image positive
+            _open(page, f"{server}/Runs", "Runs")
+            _choose(page, page.get_by_label("Run", exact=True), name)
+            assert "At 0.50: Pooled confusion matrix" in page.inner_text("body")
+            page.get_by_role("slider").first.focus()
+            page.keyboard.press("Home")
+            page.get_by_text(re.compile("At 0.00: Pooled confusion matrix")).wait_for(timeout=30_000)
+            _settle(page)
+            text = page.inner_text("body")
+            assert "accuracy 50.0 %" in text and "100.0 % correct" in text and "0.0 % correct" in text, text[:2000]
+            assert "At 0.00 (95 % Wilson intervals)" in text
+            _shot(page, shots / "3-runs.png")
+            _no_exception(page, "Runs")
 
-        # Compare: the new run against the fixture's run; both named in Table 3's figures
-        _open(page, f"{server}/Compare", "Compare runs")
-        runs_picker = page.get_by_label("Runs (the first is the reference row)")
-        _choose(page, runs_picker, name)
-        _choose(page, runs_picker, "browser run")
-        page.get_by_role("heading", name="Table 3").wait_for(timeout=60_000)
-        _settle(page)
-        text = page.inner_text("body")
-        assert name in text and "browser run" in text and "Settings that differ" in text, text[:2000]
-        page.screenshot(path=shots / "4-compare.png", full_page=True)
-        _no_exception(page, "Compare")
+            # Compare: the new run against the fixture's run; both named in Table 3's figures
+            _open(page, f"{server}/Compare", "Compare runs")
+            runs_picker = page.get_by_label("Runs (the first is the reference row)", exact=True)
+            _choose(page, runs_picker, name)
+            _choose(page, runs_picker, "browser run")
+            page.get_by_role("heading", name="Table 3").wait_for(timeout=60_000)
+            _settle(page)
+            text = page.inner_text("body")
+            assert name in text and "browser run" in text and "Settings that differ" in text, text[:2000]
+            _shot(page, shots / "4-compare.png")
+            _no_exception(page, "Compare")
 
-        # Grad-CAM: the new run's heat maps beside the originals, with the colour scale
-        _open(page, f"{server}/Grad-CAM", "Grad-CAM gallery")
-        _choose(page, page.get_by_label("Run", exact=True), name)
-        images = page.locator("[data-testid='stImage']")
-        assert images.count() >= 3, page.inner_text("body")[:2000]  # the colour scale, an original and its overlay
-        assert "each map is scaled" in page.inner_text("body").lower()
-        page.screenshot(path=shots / "5-gradcam.png", full_page=True)
-        _no_exception(page, "Grad-CAM")
+            # Grad-CAM: the new run's heat maps beside the originals, with the colour scale
+            _open(page, f"{server}/Grad-CAM", "Grad-CAM gallery")
+            _choose(page, page.get_by_label("Run", exact=True), name)
+            images = page.locator("[data-testid='stImage']")
+            assert images.count() >= 3, page.inner_text("body")[:2000]  # the colour scale, an original and its overlay
+            assert "each map is scaled" in page.inner_text("body").lower()
+            _shot(page, shots / "5-gradcam.png")
+            _no_exception(page, "Grad-CAM")
 
-        # Predict: the run just trained (it kept its fold models), on an image of its own data set
-        _open(page, f"{server}/Predict", "Predict")
-        _choose(page, page.get_by_label("Run", exact=True), name)
-        page.get_by_text("from the data set", exact=True).click()
-        page.get_by_text(re.compile("True label:")).wait_for(timeout=120_000)
-        _settle(page)
-        text = page.inner_text("body")
-        assert "Out of fold" in text and "never saw this image" in text and "P(Effusion)" in text, text[:2000]
-        page.screenshot(path=shots / "6-predict.png", full_page=True)
-        _no_exception(page, "Predict")
+            # Predict: the run just trained (it kept its fold models), on an image of its own data set
+            _open(page, f"{server}/Predict", "Predict")
+            _choose(page, page.get_by_label("Run", exact=True), name)
+            page.get_by_text("from the data set", exact=True).click()
+            page.get_by_text(re.compile("True label:")).wait_for(timeout=120_000)
+            _settle(page)
+            text = page.inner_text("body")
+            assert "Out of fold" in text and "never saw this image" in text and "P(Effusion)" in text, text[:2000]
+            _shot(page, shots / "6-predict.png")
+            _no_exception(page, "Predict")
+        except Exception:
+            _shot(page, shots / "failed.png")  # what the page showed when a step failed
+            raise
         browser.close()
     assert run_id

@@ -93,3 +93,10 @@ def test_the_disk_cost_shown_before_a_run_uses_the_backbones_true_size():
     for name in BACKBONES:
         model, _ = build_model(name, 2, "none")
         assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(BACKBONE_MILLION_PARAMS[name], abs=0.01), name
+
+
+def test_adam_ignores_the_momentum_setting_and_sgdm_reads_it():
+    from core.config import OPTIMIZERS, ignored_by_optimizer
+
+    assert ignored_by_optimizer("adam") == {"momentum"} and ignored_by_optimizer("sgdm") == set()
+    assert set(OPTIMIZERS) == {"sgdm", "adam"}  # a new optimiser must say here what it ignores

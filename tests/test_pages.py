@@ -203,6 +203,22 @@ def test_train_page_refuses_bad_settings_with_a_message(tmp_path, monkeypatch):
     assert "train_job" not in at.session_state
 
 
+def test_train_page_hides_momentum_for_adam_and_starts_with_the_chosen_optimiser(tmp_path, monkeypatch):
+    started = []
+    monkeypatch.setattr("core.jobs.launch.start_run", lambda cfg, **kw: (started.append(cfg) or ("r-1", 1)))
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("CXR_DATA_ROOTS", str(tmp_path))
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
+    assert at.selectbox(key="train_quick_optimizer").value == "adam"  # the quick preset's
+    assert "train_quick_momentum" not in [w.key for w in at.number_input]
+    at.selectbox(key="train_quick_optimizer").set_value("sgdm").run()
+    at.number_input(key="train_quick_momentum").set_value(0.8)
+    at.text_input(key="train_data").set_value(str(tmp_path))
+    at.button[0].click().run()
+    assert not at.exception and not at.error
+    assert started[0].optimizer == "sgdm" and started[0].momentum == 0.8
+
+
 def test_data_page_shows_balance_exclusions_and_folds(tmp_path, monkeypatch):
     data = blob_dataset(tmp_path / "data", n_per_class=10)
     (data / "Normal" / "broken.png").write_bytes(b"not a png")
