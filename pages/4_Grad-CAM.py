@@ -42,9 +42,14 @@ target = c2.radio("Heat map for", ["predicted", "positive"], key="cam_target",
                   format_func=lambda t: "the predicted class" if t == "predicted" else "the positive class")
 opacity = c3.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="cam_opacity")
 limit = c4.number_input("Images", 4, 96, 12, 4, key="cam_limit")
-others = st.multiselect("Show the same images in other runs, side by side", [r for r in options if r != run_id],
+o1, o2 = st.columns([3, 1])
+others = o1.multiselect("Show the same images in other runs, side by side", [r for r in options if r != run_id],
                         format_func=options.get, key="cam_others",
                         help="Each row: the original, then this run's heat map, then each chosen run's heat map of the same image.")
+# Two pairs a row by default: at three (six pictures across) a basal effusion was a few pixels high on a laptop screen.
+per_row = o2.radio("Images per row", [1, 2, 3], index=1, horizontal=True, key="cam_per_row",
+                   help="1 shows each original and its heat map at full width (the enlarged view). Any picture also opens full "
+                        "screen from the button that appears when the pointer is over it.")
 
 try:
     record = run_record(RUNS_DIR, run_id)  # one query: the gallery needs no ROC or statistics
@@ -72,7 +77,8 @@ def picture(gray, cam, mask):
     return out
 
 
-st.caption("Sorted by confidence (distance of the probability from 0.5). Mask outline in white where the data set has masks.")
+st.caption("Sorted by confidence (distance of the probability from 0.5). Mask outline in white where the data set has masks. "
+           "The button at a picture's corner (shown under the pointer) opens it full screen.")
 scale, _ = st.columns([1, 2])
 scale.image(colour_bar(), width="stretch")
 scale.caption(COLOUR_BAR_CAPTION)
@@ -101,7 +107,6 @@ if others:
                                   caption=f"{other['outcome']} · p {other['prob_positive']:.2f}", width="stretch")
     st.stop()
 
-per_row = 3
 for start in range(0, len(items), per_row):
     cols = st.columns(per_row * 2)
     for k, item in enumerate(items[start : start + per_row]):

@@ -85,6 +85,9 @@ def test_gradcam_page_shows_original_and_overlay_per_image(finished_run, monkeyp
     at.multiselect(key="cam_outcomes").set_value(["TN"]).run()
     n_tn = int(((cams["target"] == "predicted") & (cams["outcome"] == "TN")).sum())
     assert len(at.get("image")) == 2 * min(12, n_tn) + 1
+    assert at.radio(key="cam_per_row").value == 2  # two pairs a row unless asked: thumbnails large enough to read
+    at.radio(key="cam_per_row").set_value(1).run()  # the enlarged view: each pair at full width
+    assert not at.exception and len(at.get("image")) == 2 * min(12, n_tn) + 1
 
 
 def test_overlay_blends_a_resized_heat_map():
