@@ -53,6 +53,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--name", default="", help="a human name for the run")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train (default: the preset's, auto)")
+    run.add_argument("--executor", choices=["local", "ray"], default=None,
+                     help="local (this process; default) or ray: every fold a Ray task on a cluster's CPUs and GPUs")
+    run.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="with --executor ray: '' (default) starts a private Ray instance here; auto or HOST:PORT joins a cluster")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
     run.add_argument("--run-id", default=None, help=argparse.SUPPRESS)  # set by background jobs that need the id up front
     run.add_argument("--label-preset", default=None, help=argparse.SUPPRESS)  # the preset name to store, when --set carries all fields
@@ -61,6 +65,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_id", help="the run to continue (same id, config and splits; finished folds are kept)")
     _common(resume)
     resume.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to train the remaining folds (default: the run's)")
+    resume.add_argument("--executor", choices=["local", "ray"], default=None,
+                     help="local (this process; default) or ray: every fold a Ray task on a cluster's CPUs and GPUs (default: the run's own)")
+    resume.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="with --executor ray: '' (default) starts a private Ray instance here; auto or HOST:PORT joins a cluster")
     resume.add_argument("--no-progress", action="store_true", help="no progress bars (logs only)")
 
     sweep = sub.add_parser("sweep", help="run the product of a grid of settings on identical splits")
@@ -71,6 +79,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE", help="fixed override for every run")
     _common(sweep)
     sweep.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    sweep.add_argument("--executor", choices=["local", "ray"], default=None,
+                     help="local (this process; default) or ray: every fold a Ray task on a cluster's CPUs and GPUs; all the runs' folds in one pool")
+    sweep.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                     help="with --executor ray: '' (default) starts a private Ray instance here; auto or HOST:PORT joins a cluster")
     sweep.add_argument("--no-progress", action="store_true")
     sweep.add_argument("--sweep-id", default=None, help=argparse.SUPPRESS)  # set by background jobs that need the id up front
     sweep.add_argument("--label-preset", default=None, help=argparse.SUPPRESS)
@@ -196,7 +208,14 @@ def _config(args: argparse.Namespace):
     if args.data is None and not base.data:
         raise CxrError("give the data with --data (a demo folder, a folder of class sub-folders or a CSV manifest)")
     overrides = ([f"data={args.data}"] if args.data is not None else []) + args.sets + ([f"device={args.device}"] if args.device else [])
+    overrides += _executor_overrides(args)
     return apply_overrides(base, overrides)
+
+
+def _executor_overrides(args: argparse.Namespace) -> list[str]:
+    """--executor and --ray-address as settings (they are RunConfig fields, so a resumed run keeps them)."""
+    out = [f"executor={args.executor}"] if getattr(args, "executor", None) else []
+    return out + ([f"ray_address={args.ray_address}"] if getattr(args, "ray_address", None) is not None else [])
 
 
 def _stored_preset(args: argparse.Namespace) -> str:
@@ -248,7 +267,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     reporter = ProgressReporter(disable=args.no_progress)
     try:
-        result = resume_cross_validation(store, args.run_id, device=args.device, progress=reporter)
+        result = resume_cross_validation(store, args.run_id, device=args.device, progress=reporter, overrides=_executor_overrides(args))
     finally:
         reporter.close()
     _print_result(result)
@@ -451,6 +470,8 @@ class ProgressReporter:
                 notes.append(f"resuming: {event['resumed_folds']} finished fold(s) kept, the others train again")
             for line in notes:
                 logging.getLogger("core").info(line)
+        elif kind == "note":
+            logging.getLogger("core").info(event["text"])
         elif kind == "queued":
             logging.getLogger("core").info(f"queued: waiting for the GPU, which run {event['holder'] or '(unknown)'} holds (one CUDA run at a time)")
         elif kind == "fold_start":

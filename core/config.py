@@ -19,6 +19,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "densenet121", "ef
 OPTIMIZERS = ("sgdm", "adam")
 SOURCES = ("auto", "demo", "folders", "csv")
 DEVICES = ("auto", "cpu", "cuda")
+EXECUTORS = ("local", "ray")
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "on", "off")
 # weights: a name, or a path to a local state-dict file.
@@ -104,6 +105,15 @@ class RunConfig:
     save_models: bool = _f(False, "Save each fold's trained weights under runs/<run_id>/ (needed to predict later).")
     eval_batch_size: int = _f(64, "Mini-batch size for held-out evaluation.", min=1)
 
+    # --- scale-out (core/training/ray_executor.py) ------------------------------------------
+    executor: str = _f("local", "local (this process) or ray: every fold a Ray task, spread over the GPUs and machines of a "
+                                "Ray cluster; a sweep puts all its runs' folds in one pool.", choices=EXECUTORS)
+    ray_address: str = _f("", "executor=ray: '' starts a private Ray instance on this machine; auto or HOST:PORT joins a running "
+                              "cluster (ray start --head).")
+    gpus_per_fold: float = _f(-1.0, "executor=ray: GPUs each fold task reserves; fractions share a GPU (0.5 = two folds per GPU); "
+                                    "-1 = 1 when the cluster has GPUs, else 0.", min=-1.0)
+    cpus_per_fold: float = _f(1.0, "executor=ray: CPUs each fold task reserves.", min=0.0)
+
     def __post_init__(self) -> None:
         errors = [e for f in fields(self) if (e := _check(f, getattr(self, f.name)))]
         if self.weights not in NAMED_WEIGHTS and not self.weights.strip():
@@ -134,7 +144,7 @@ class RunConfig:
 # Settings that change how or where a run computes, or what it keeps, but not what it finds: they never count as a
 # difference between runs (Compare's highlighted columns, Table 3's "varies", automatic run names).
 RESULT_NEUTRAL = frozenset({"device", "num_threads", "torch_compile", "cuda_graphs", "parallel_folds", "channels_last", "save_models",
-                            "eval_batch_size", "eval_every"})
+                            "eval_batch_size", "eval_every", "executor", "ray_address", "gpus_per_fold", "cpus_per_fold"})
 _DATA_FIELDS = frozenset({"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column"})
 _SHORT = {"learning_rate": "lr", "max_iterations": "iters", "max_epochs": "epochs", "batch_size": "batch", "weight_decay": "wd",
           "head_lr_factor": "head lr x", "image_size": "px", "optimizer": "", "backbone": "", "precision": ""}
@@ -225,6 +235,7 @@ SECTIONS: dict[str, list[str]] = {
     "Cross-validation": ["folds", "group_by_patient", "seed", "positive_class"],
     "Grad-CAM": ["gradcam", "gradcam_max", "gradcam_size"],
     "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "cuda_graphs", "parallel_folds", "save_models", "eval_batch_size"],
+    "Scale-out (Ray)": ["executor", "ray_address", "gpus_per_fold", "cpus_per_fold"],
 }
 
 

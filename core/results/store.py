@@ -29,7 +29,7 @@ import pandas as pd
 from core import CxrError
 from core.results.records import RunRecord, RunSummary
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "runs.duckdb"
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 
@@ -92,7 +92,12 @@ ALTER TABLE runs ADD COLUMN IF NOT EXISTS pid_start VARCHAR;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS resumes INTEGER;
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4}  # version -> SQL that brings version-1 up to it
+# v5: on which machine each fold trained (a Ray run spreads its folds over a cluster's nodes).
+_SCHEMA_V5 = """
+ALTER TABLE folds ADD COLUMN IF NOT EXISTS node VARCHAR;
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}  # version -> SQL that brings version-1 up to it
 
 
 class DiskFullError(CxrError):

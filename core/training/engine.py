@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import socket
 import subprocess
 import time
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import torch
 import torchvision
 
 from core import CxrError, __version__
-from core.config import RunConfig, auto_name, budget
+from core.config import RESULT_NEUTRAL, RunConfig, apply_overrides, auto_name, budget
 from core.data.prepare import PreparedData, cache_dir_for, prepare_data
 from core.data.splits import assign_folds, audit_leakage
 from core.training.explain import explain_fold, summarize_localisation
@@ -74,6 +75,25 @@ def code_version() -> str:
     return __version__
 
 
+@dataclass
+class RunPlan:
+    """A run created in the store (config, data, splits), with the folds it still has to train.
+
+    Made by `begin_run` (a new run) or `begin_resume` (the unfinished folds of an old one); trained by
+    `train_plan` here, or with other plans in one pool of Ray tasks (core/training/ray_executor.py).
+    """
+
+    cfg: RunConfig
+    data: PreparedData
+    fold_of: np.ndarray  # fold of each image, in data.image_ids order
+    todo: list[int]  # the folds to train
+    run_id: str
+    device: torch.device
+    weights_used: str
+    prior_train_seconds: float = 0.0  # of the folds a resumed run had finished
+    prior_total_seconds: float = 0.0
+
+
 def run_cross_validation(
     cfg: RunConfig,
     *,
@@ -92,8 +112,42 @@ def run_cross_validation(
         failed in the store if it had been created.
 
     `fixed_splits` (image_id -> fold) reuses another run's folds, so that runs of a sweep are
-    evaluated on identical splits and paired tests between them are valid.
+    evaluated on identical splits and paired tests between them are valid. With `executor=ray`
+    the folds are Ray tasks (core/training/ray_executor.py); the results land in the store the same way.
     """
+    plan = begin_run(cfg, store=store, preset=preset, name=name, progress=progress, run_id=run_id, sweep_id=sweep_id,
+                     fixed_splits=fixed_splits)
+    return train_plans([plan], store=store, progress=progress)[0]
+
+
+def train_plans(plans: list[RunPlan], *, store: Store, progress: Progress | None = None) -> list[RunResult]:
+    """Train the plans' folds with their executor: here, one run after another, or all in one Ray pool."""
+    if plans and plans[0].cfg.executor == "ray":
+        from core.training.ray_executor import train_on_ray
+
+        return train_on_ray(plans, store=store, progress=progress)
+    return [train_plan(plan, store=store, progress=progress) for plan in plans]
+
+
+def train_plan(plan: RunPlan, *, store: Store, progress: Progress | None = None) -> RunResult:
+    """Train a plan's folds in this process (packs of folds stacked where that is faster), then pool."""
+    return _train_folds(plan.cfg, plan.data, plan.fold_of, plan.todo, run_id=plan.run_id, store=store, device=plan.device,
+                        emit=progress or (lambda event: None), weights_used=plan.weights_used,
+                        prior_train_seconds=plan.prior_train_seconds, prior_total_seconds=plan.prior_total_seconds)
+
+
+def begin_run(
+    cfg: RunConfig,
+    *,
+    store: Store,
+    preset: str = "",
+    name: str = "",
+    progress: Progress | None = None,
+    run_id: str | None = None,
+    sweep_id: str = "",
+    fixed_splits: dict[str, int] | None = None,
+) -> RunPlan:
+    """Prepare the data, split it, check the weights and create the run in the store: everything before the first fold."""
     emit = progress or (lambda event: None)
     device = resolve_device(cfg.device)
     setup_device(device, cfg.num_threads)
@@ -151,11 +205,19 @@ def run_cross_validation(
     )
     store.save_splits(run_id, data.image_ids, fold_of.tolist())
     emit(_run_start_event(run_id, cfg, data, weights, device))
-    return _train_folds(cfg, data, fold_of, list(range(cfg.folds)), run_id=run_id, store=store, device=device, emit=emit,
-                        weights_used=weights.used)
+    return RunPlan(cfg, data, fold_of, list(range(cfg.folds)), run_id=run_id, device=device, weights_used=weights.used)
 
 
-def resume_cross_validation(store: Store, run_id: str, *, device: str | None = None, progress: Progress | None = None) -> RunResult:
+def resume_cross_validation(store: Store, run_id: str, *, device: str | None = None, progress: Progress | None = None,
+                            overrides: list[str] = ()) -> RunResult:
+    """Continue a failed, cancelled or interrupted run under the same run id, with its stored config and splits
+    (and its executor: a run started on Ray resumes on Ray). See `begin_resume`."""
+    plan = begin_resume(store, run_id, device=device, progress=progress, overrides=overrides)
+    return train_plans([plan], store=store, progress=progress)[0]
+
+
+def begin_resume(store: Store, run_id: str, *, device: str | None = None, progress: Progress | None = None,
+                 overrides: list[str] = ()) -> RunPlan:
     """Continue a failed, cancelled or interrupted run under the same run id, with its stored config and splits.
 
     Finished folds are kept as they are; every other fold first loses what a dying process
@@ -171,6 +233,10 @@ def resume_cross_validation(store: Store, run_id: str, *, device: str | None = N
     cfg = RunConfig.from_json(run["config"])
     if device:
         cfg = cfg.replace(device=device)
+    if overrides:  # where it computes (executor, ray_address), never what: those settings change no result
+        cfg = apply_overrides(cfg, list(overrides))
+        if any(k.split("=")[0] not in RESULT_NEUTRAL for k in overrides):
+            raise CxrError("resume may change only where a run computes (executor, ray_address), not its settings")
     dev = resolve_device(cfg.device)
     setup_device(dev, cfg.num_threads)
     store.ensure_writable()
@@ -193,12 +259,12 @@ def resume_cross_validation(store: Store, run_id: str, *, device: str | None = N
     todo = [k for k in range(cfg.folds) if k not in set(done["fold"].astype(int))] if not done.empty else list(range(cfg.folds))
     store.clear_folds(run_id, todo)
     store.update_run(run_id, status="running", error=None, finished_at=None, device=_device_name(dev, cfg), resumes=int(run.get("resumes") or 0) + 1,
-                     **_owner())
+                     **({"config": cfg.to_json()} if overrides else {}), **_owner())
     emit({**_run_start_event(run_id, cfg, data, weights, dev), "resumed_folds": len(done)})
     prior = float((done["train_seconds"].sum() if not done.empty else 0.0))
     prior_total = float((done["train_seconds"] + done["eval_seconds"]).sum()) if not done.empty else 0.0
-    return _train_folds(cfg, data, fold_of, todo, run_id=run_id, store=store, device=dev, emit=emit, weights_used=weights.used,
-                        prior_train_seconds=prior, prior_total_seconds=prior_total)
+    return RunPlan(cfg, data, fold_of, todo, run_id=run_id, device=dev, weights_used=weights.used, prior_train_seconds=prior,
+                   prior_total_seconds=prior_total)
 
 
 def _owner() -> dict:
@@ -314,19 +380,55 @@ def _run_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: lis
                for part in (pack[:half], pack[half:]))
 
 
-def _train_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: list[int], *, run_id: str, store: Store,
-                device: torch.device, emit: Progress) -> float:
-    """Train and evaluate the folds of `pack` (one, or several stacked), then write each fold's metrics, curve and predictions."""
-    pixels = resident_pixels(data, device)  # on the GPU once per run; batches are gathered there
+@dataclass
+class FoldResult:
+    """What one trained fold produced, before anything is written: the one writer (this process, or the Ray
+    driver receiving it from a worker) turns it into the fold's row, predictions, heat maps and model file."""
+
+    fold: int
+    row: dict  # the folds table row: sizes, iterations, times, metrics (started_at/finished_at added when written)
+    metrics: dict
+    predictions: pd.DataFrame
+    cam_arrays: dict  # the heat maps to save (core.training.explain.explain_fold), empty without Grad-CAM
+    cam_rows: list[dict]
+    model_state: dict | None  # the state dict on the CPU, when save_models
+    curve: list[dict]  # every curve row of the fold (phase, iteration, ...), as the live view got them
+    train_seconds: float
+    node: str  # the machine it trained on
+
+
+def fold_jobs(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: list[int], pixels: torch.Tensor) -> list[FoldData]:
+    """A freshly built model and the train/test images of each fold of `pack`, the new head seeded by (seed, fold)."""
     labels = torch.from_numpy(data.labels)
-    jobs, started = [], now()
+    jobs = []
     for fold in pack:
         train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, fold, 0]).generate_state(1)[0]))  # the new head's init
         model, _ = build_model(cfg.backbone, len(data.classes), cfg.weights)
         jobs.append(FoldData(fold, model, pixels[train_idx], labels[train_idx], pixels[test_idx], labels[test_idx]))
-        emit({"event": "fold_start", "fold": fold, "folds": cfg.folds, "n_train": len(train_idx), "n_test": len(test_idx),
-              "iterations": budget(cfg, len(train_idx))[0], "pack": pack})
+    return jobs
+
+
+def train_pack_results(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: list[int], *, device: torch.device,
+                       on_iteration: Callable[[int, dict], None], on_fold_start: Progress = lambda event: None) -> list[FoldResult]:
+    """Train the folds of `pack` together and score each (metrics, predictions, heat maps): no store, so a Ray
+    worker runs exactly this. Raises DivergedError for a fold whose training blew up."""
+    pixels = resident_pixels(data, device)  # on the GPU once per run; batches are gathered there
+    jobs = fold_jobs(cfg, data, fold_of, pack, pixels)
+    for job in jobs:
+        on_fold_start({"event": "fold_start", "fold": job.fold, "folds": cfg.folds, "n_train": len(job.x_train), "n_test": len(job.x_test),
+                       "iterations": budget(cfg, len(job.x_train))[0], "pack": pack})
+    outcomes = train_folds(cfg, jobs, device=device, on_iteration=on_iteration)
+    for job, outcome in zip(jobs, outcomes):
+        if not np.isfinite(outcome.test_probs).all():  # finite losses, yet the last step blew the weights up
+            raise DivergedError(job.fold, outcome.iterations, float("nan"), cfg.learning_rate)
+    return [score_fold(cfg, data, fold_of, job.fold, outcome, pixels, device=device) for job, outcome in zip(jobs, outcomes)]
+
+
+def _train_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: list[int], *, run_id: str, store: Store,
+                device: torch.device, emit: Progress) -> float:
+    """Train and evaluate the folds of `pack` (one, or several stacked), then write each fold's metrics, curve and predictions."""
+    started = now()
     buffer = IterationBuffer(store)
 
     def on_iteration(fold: int, row: dict) -> None:
@@ -334,28 +436,32 @@ def _train_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: l
         emit({"event": "iteration", "fold": fold, **row})
 
     try:
-        outcomes = train_folds(cfg, jobs, device=device, on_iteration=on_iteration)
+        results = train_pack_results(cfg, data, fold_of, pack, device=device, on_iteration=on_iteration, on_fold_start=emit)
         buffer.flush(force=True)
-        for job, outcome in zip(jobs, outcomes):
-            if not np.isfinite(outcome.test_probs).all():  # finite losses, yet the last step blew the weights up
-                raise DivergedError(job.fold, outcome.iterations, float("nan"), cfg.learning_rate)
     except torch.OutOfMemoryError as exc:
         if len(pack) == 1:
             raise
         raise _PackTooBig(str(exc).splitlines()[0] if str(exc) else "out of memory") from None
     except DivergedError as exc:  # the curve up to the blow-up stays for inspection; no metrics from garbage
         buffer.flush(force=True)
-        store.save_fold(run_id, {"fold": exc.fold, "status": "diverged", "n_train": int((fold_of != exc.fold).sum()),
-                                 "n_test": int((fold_of == exc.fold).sum()), "iterations": exc.iteration, "started_at": started,
-                                 "finished_at": now()}, pd.DataFrame())
+        save_diverged_fold(store, run_id, exc, fold_of, started=started)
         raise
-    return sum(_save_fold(cfg, data, fold_of, job.fold, outcome, pixels, run_id=run_id, store=store, device=device, emit=emit,
-                          started=started) for job, outcome in zip(jobs, outcomes))
+    for result in results:
+        write_fold(store, run_id, result, started=started)
+        emit({"event": "fold_end", "fold": result.fold, "metrics": result.metrics, "train_seconds": result.train_seconds})
+    return sum(result.train_seconds for result in results)
 
 
-def _save_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int, outcome: FoldOutcome, pixels: torch.Tensor, *,
-               run_id: str, store: Store, device: torch.device, emit: Progress, started) -> float:
-    """Score one trained fold, compute its heat maps, and write its row, predictions and heat-map index in one go."""
+def save_diverged_fold(store: Store, run_id: str, exc: DivergedError, fold_of: np.ndarray, *, started) -> None:
+    """The diverged fold's row (its curve is already stored): no metrics, no predictions."""
+    store.save_fold(run_id, {"fold": exc.fold, "status": "diverged", "n_train": int((fold_of != exc.fold).sum()),
+                             "n_test": int((fold_of == exc.fold).sum()), "iterations": exc.iteration, "started_at": started,
+                             "finished_at": now()}, pd.DataFrame())
+
+
+def score_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int, outcome: FoldOutcome, pixels: torch.Tensor, *,
+               device: torch.device) -> FoldResult:
+    """One trained fold's metrics, out-of-fold predictions and heat maps, ready to be written."""
     train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
     probs = outcome.test_probs
     y_test = data.labels[test_idx]
@@ -368,31 +474,36 @@ def _save_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: in
         "prob_positive": probs[:, data.positive],
         "probs": [row.tolist() for row in probs],
     })
-    cam_rows = None
+    arrays, rows = {}, []
     if cfg.gradcam:
         arrays, rows = explain_fold(
             outcome.model, cfg.backbone, pixels[test_idx], image_ids=[data.image_ids[i] for i in test_idx], labels=y_test,
             probs=probs, positive=data.positive, mask_paths=[data.mask_paths[i] for i in test_idx] if data.mask_paths else None,
             cap=cfg.gradcam_max, store_size=cfg.gradcam_size, device=device,
         )
-        if rows:
-            artifact = store.run_dir(run_id) / "cams" / f"fold_{fold}.npz"
-            artifact.parent.mkdir(parents=True, exist_ok=True)
-            np.savez_compressed(artifact, **arrays)
-            cam_rows = pd.DataFrame(rows).assign(fold=fold, artifact=str(artifact.relative_to(store.runs_dir)))
-    if cfg.save_models:
+    state = {k: v.detach().cpu() for k, v in outcome.model.state_dict().items()} if cfg.save_models else None
+    row = {"fold": fold, "status": "finished", "n_train": len(train_idx), "n_test": len(test_idx),
+           "iterations": outcome.iterations, "epochs": outcome.epochs, "train_seconds": outcome.train_seconds,
+           "eval_seconds": outcome.eval_seconds, "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
+           "specificity": m["specificity"], "auc": m["auc"], "confusion": json.dumps(m["confusion"])}
+    return FoldResult(fold, row, m, predictions, arrays, rows, state, outcome.curve, outcome.train_seconds, node=socket.gethostname())
+
+
+def write_fold(store: Store, run_id: str, result: FoldResult, *, started) -> None:
+    """The one writer's part: the heat maps and the fold model as files, then the fold's row, predictions and heat-map index
+    in one transaction."""
+    fold = result.fold
+    cam_rows = None
+    if result.cam_rows:
+        artifact = store.run_dir(run_id) / "cams" / f"fold_{fold}.npz"
+        artifact.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(artifact, **result.cam_arrays)
+        cam_rows = pd.DataFrame(result.cam_rows).assign(fold=fold, artifact=str(artifact.relative_to(store.runs_dir)))
+    if result.model_state is not None:
         target = store.run_dir(run_id) / f"fold_{fold}.pt"
         target.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(outcome.model.state_dict(), target)
-    store.save_fold(run_id, {
-        "fold": fold, "status": "finished", "n_train": len(train_idx), "n_test": len(test_idx),
-        "iterations": outcome.iterations, "epochs": outcome.epochs, "train_seconds": outcome.train_seconds,
-        "eval_seconds": outcome.eval_seconds, "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],
-        "specificity": m["specificity"], "auc": m["auc"], "confusion": json.dumps(m["confusion"]),
-        "started_at": started, "finished_at": now(),
-    }, predictions, cam_rows)
-    emit({"event": "fold_end", "fold": fold, "metrics": m, "train_seconds": outcome.train_seconds})
-    return outcome.train_seconds
+        torch.save(result.model_state, target)
+    store.save_fold(run_id, {**result.row, "node": result.node, "started_at": started, "finished_at": now()}, result.predictions, cam_rows)
 
 
 def _finish(cfg: RunConfig, data: PreparedData, run_id: str, store: Store, *, train_seconds: float, total_seconds: float, weights_used: str) -> RunResult:

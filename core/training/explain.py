@@ -169,6 +169,11 @@ def load_mask(path: str, size: int) -> np.ndarray | None:
         return None
 
 
+def _mask(entry, size: int) -> np.ndarray | None:
+    """A mask given as its file (read now) or already read (a Ray worker gets the arrays, not the files)."""
+    return entry if entry is None or isinstance(entry, np.ndarray) else load_mask(entry, size)
+
+
 def explain_fold(
     model: nn.Module,
     backbone: str,
@@ -178,7 +183,7 @@ def explain_fold(
     labels: np.ndarray,
     probs: np.ndarray,
     positive: int,
-    mask_paths: list[str] | None,
+    mask_paths: list | None,  # per image: a mask file ('' = none), or the mask already read (bool array or None)
     cap: int,
     store_size: int,
     device: torch.device,
@@ -205,7 +210,7 @@ def explain_fold(
     cell = int(BACKBONES[backbone].cam_stride)  # input pixels per cell of the layer's map
     rows = []
     for slot, i in enumerate(chosen):
-        mask = load_mask(mask_paths[i], size) if mask_paths else None
+        mask = _mask(mask_paths[i], size) if mask_paths else None
         for target, cams in maps.items():
             row = {"image_id": image_ids[i], "target": target, "target_class": int(pred[i]) if target == "predicted" else positive,
                    "slot": slot, "outcome": outcomes[i], "prob_positive": float(probs[i, positive]), "has_mask": mask is not None,

@@ -51,12 +51,23 @@ def expand(base: RunConfig, grid: dict[str, list[str]]) -> list[tuple[dict[str, 
 def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, preset: str = "", progress: Progress | None = None,
               sweep_id: str | None = None) -> tuple[str, list[RunResult]]:
     """Run every combination; the first run's splits are reused by all the others."""
-    from core.training.engine import run_cross_validation
+    from core.training.engine import begin_run, run_cross_validation, train_plans
 
     combos = expand(base, grid)
     sweep_id = sweep_id or new_sweep_id()
     results: list[RunResult] = []
     splits: dict[str, int] | None = None
+    if base.executor == "ray":
+        # every run created first (the first run's splits reused by the others), then all their folds in one pool of Ray
+        # tasks, so a 3 x 10 sweep keeps eight GPUs busy instead of ten folds at a time
+        plans = []
+        for _, cfg in combos:
+            plans.append(begin_run(cfg, store=store, preset=preset, name=auto_name(cfg, preset, among=grid), progress=progress,
+                                   sweep_id=sweep_id, fixed_splits=splits))
+            if splits is None:
+                table = store.splits(plans[0].run_id)
+                splits = dict(zip(table["image_id"], table["fold"].astype(int)))
+        return sweep_id, train_plans(plans, store=store, progress=progress)
     for _, cfg in combos:
         # named by the preset and the swept values (`quick · lr 1e-4`): what tells the sweep's runs apart
         result = run_cross_validation(cfg, store=store, preset=preset, name=auto_name(cfg, preset, among=grid), progress=progress,

@@ -36,9 +36,12 @@ class DivergedError(CxrError):
     """The loss became NaN or infinite: a model past that point predicts garbage, so the fold stops instead of scoring it."""
 
     def __init__(self, fold: int, iteration: int, loss: float, learning_rate: float) -> None:
-        self.fold, self.iteration, self.loss = fold, iteration, loss
+        self.fold, self.iteration, self.loss, self.learning_rate = fold, iteration, loss, learning_rate
         super().__init__(f"fold {fold + 1} diverged at iteration {iteration} (loss {loss}); lower the learning rate "
                          f"(learning_rate={learning_rate:g})")
+
+    def __reduce__(self):  # rebuilt from its fields when it crosses a process boundary (a Ray worker's error)
+        return (type(self), (self.fold, self.iteration, self.loss, self.learning_rate))
 
 
 @dataclass
