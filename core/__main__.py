@@ -127,6 +127,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     bench.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # a few seconds, for tests
     bench.add_argument("--dashboard", action="store_true",
                        help="time the dashboard's pages on a generated heavy user's store instead (bench/dashboard.py)")
+    bench.add_argument("--ray", action="store_true",
+                       help="time a sweep (2 settings x 5 folds, quick preset) through a private Ray instance against the local executor")
     bench.add_argument("--runs", type=int, default=2500, help="--dashboard: finished runs in the store (default 2500)")
     bench.add_argument("--predictions", type=int, default=1_000_000,
                        help="--dashboard: out-of-fold predictions in all, spread over the runs (default 1000000)")
@@ -376,6 +378,14 @@ def _try(action, *args) -> None:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.dashboard:
         return cmd_bench_dashboard(args)
+    if args.ray:
+        try:
+            from bench.ray import report as ray_report, run_ray_bench
+        except ImportError as exc:
+            raise CxrError(f"the benchmark lives in bench/ of the repository ({exc}); run python -m core bench from the repository root") from None
+        result = run_ray_bench(tiny=args.tiny, out=args.out, log=lambda line: print(line, file=sys.stderr))
+        print(ray_report(result))
+        return 0
     try:
         from bench.run import report, run_bench
     except ImportError as exc:

@@ -222,3 +222,13 @@ cluster.shutdown()
     nodes, device = out.stdout.strip().splitlines()[-2:]
     assert len(json.loads(nodes)) == 2, nodes
     assert device.startswith("ray: 2 nodes, 2 CPUs")
+
+
+def test_the_ray_benchmark_times_both_executors_on_the_same_sweep(ray_instance, tmp_path):
+    from bench.ray import report, run_ray_bench
+
+    result = run_ray_bench(tiny=True, out=tmp_path / "ray.json", log=lambda line: None)
+    assert result["local_s"] > 0 and result["ray_s"] > 0 and result["ratio"] == pytest.approx(result["ray_s"] / result["local_s"])
+    assert result["cluster"].startswith("ray: 1 node") and len(result["auc_ray"]) == 2
+    assert json.loads((tmp_path / "ray.json").read_text())["kind"] == "ray"
+    assert "ratio ray / local" in report(result)
