@@ -8,6 +8,7 @@ line saying what to do), 1 an internal error, 130 cancelled.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -106,6 +107,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, default=0.5)
     _common(predict)
 
+    cluster = sub.add_parser("cluster", help="the Ray cluster's nodes, CPUs and GPUs, in all and free now, as JSON (for --executor ray)")
+    cluster.add_argument("--ray-address", default="", metavar="ADDRESS",
+                         help="auto or HOST:PORT of a running cluster; '' (default) starts a private instance here to show this machine")
+
     weights = sub.add_parser("weights", help="fetch ImageNet weights into torch hub's cache, or list which are there")
     weights_sub = weights.add_subparsers(dest="weights_command", required=True)
     download = weights_sub.add_parser("download", help="download a backbone's ImageNet weights (checksum checked)")
@@ -146,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         return {"demo-data": cmd_demo_data, "cohort": cmd_cohort, "run": cmd_run, "resume": cmd_resume, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
-                "settings": cmd_settings, "bench": cmd_bench, "weights": cmd_weights}[args.command](args)
+                "settings": cmd_settings, "bench": cmd_bench, "weights": cmd_weights,
+                "cluster": cmd_cluster}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -433,6 +439,14 @@ def cmd_weights(args: argparse.Namespace) -> int:
         file = download_imagenet(name, url=args.url, progress=not args.no_progress)
         print(f"ImageNet weights for {name}: {file}", file=sys.stderr)
         print(file)
+    return 0
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from core.training.ray_executor import cluster_summary, ray_session
+
+    with ray_session(args.ray_address) as ray:
+        print(json.dumps(cluster_summary(ray)))
     return 0
 
 

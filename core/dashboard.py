@@ -89,7 +89,7 @@ def _run_detail(store: Store, run_id: str) -> dict:
         "positive": run.positive_class,
         "negative": run.negative_class,
         "folds": with_fold_auc_ci(store, run_id, folds[["fold", "n_train", "n_test", "iterations", "accuracy", "sensitivity",
-                                                           "specificity", "auc", "train_seconds"]], run),
+                                                           "specificity", "auc", "train_seconds", "node"]], run),
         "curve": store.iterations(run_id),
         "roc": roc_with_band(store, run_id, n_boot=300),
         "config": dataclasses.asdict(run.config),
@@ -250,8 +250,11 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     folds = store.folds(run_id)
     eta = eta_seconds(curve, folds, done=done, total=total, n_folds=cfg.folds) if status == "running" else None
     folds_done = int((folds["status"] == "finished").sum()) if not folds.empty else 0
+    # where each finished fold trained (a Ray run spreads them over a cluster's machines)
+    nodes = {int(f) + 1: n for f, n in zip(folds["fold"], folds["node"]) if isinstance(n, str) and n} if not folds.empty else {}
     return {"status": status, "fraction": fraction, "done": done, "total": total, "elapsed_s": elapsed, "eta_s": eta,
-            "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": folds_done,
+            "curve": curve, "error": run.get("error"), "log": log_tail(runs_dir, run_id), "folds_done": folds_done, "nodes": nodes,
+            "device": run.get("device") or "",
             "gpu_holder": holder(Path(runs_dir)) if status == "queued" else ""}
 
 

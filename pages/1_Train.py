@@ -17,7 +17,7 @@ from core.results import figures
 from core.config import (BACKBONE_MILLION_PARAMS, NAMED_WEIGHTS, OPTIMIZERS, PRESETS, SECTIONS, RunConfig, apply_overrides,
                          ignored_by_optimizer, preset)
 from core.dashboard import active_runs, job_progress, sweep_progress
-from core.jobs.launch import cancel, start_resume, start_run, start_sweep
+from core.jobs.launch import cancel, cluster_status, start_resume, start_run, start_sweep
 from core.jobs.lifecycle import UNFINISHED
 from core.safety import DEMO_NOTICE, check_data_path, demo_mode
 from core.training.sweep import parse_grid
@@ -40,6 +40,9 @@ def show_run(run_id: str, *, title: str) -> None:
     # core.results.eta: the recent pace per iteration plus each remaining fold's evaluation and saving time
     eta = f", about {p['eta_s']:.0f} s left" if p["eta_s"] is not None else (", estimating the time left..." if p["status"] == "running" else "")
     st.progress(p["fraction"], text=f"{label}, {p['folds_done']} folds finished, {p['elapsed_s']:.0f} s training{eta}")
+    if p["device"].startswith("ray:"):
+        st.caption(f"On {p['device']}." + (" Folds finished on: " + "; ".join(f"fold {k} on {n}" for k, n in sorted(p["nodes"].items()))
+                                          if p["nodes"] else ""))
     if p["status"] == "queued":
         st.info(f"Queued: waiting for the GPU, which run {p['gpu_holder'] or '(unknown)'} holds (one CUDA run at a time).")
     if p["status"] in ("running", "queued") and st.button("Cancel", key=f"train_cancel_{run_id}"):
@@ -141,6 +144,22 @@ with st.form("train_form"):
     left, right = st.columns(2)
     submitted = left.form_submit_button("Start run", type="primary")
     sweep_submitted = right.form_submit_button("Start sweep")
+
+with st.expander("Ray cluster (for executor = ray)"):
+    st.caption("With executor = ray under Scale-out, every fold is a Ray task: on a private Ray instance on this machine "
+               "(address empty), or on a running cluster (auto, or HOST:PORT of its head). See the README's \"Run on a cluster\".")
+    address = st.text_input("Ray address", "", key="train_ray_address", max_chars=200, placeholder="empty: this machine; auto; or HOST:PORT")
+    if st.button("Show the cluster", key="train_show_cluster"):
+        try:
+            with st.spinner("Asking Ray..."):
+                c = cluster_status(address.strip())
+        except CxrError as exc:
+            st.error(str(exc))
+        else:
+            cols = st.columns(3)
+            cols[0].metric("Nodes", c["nodes"], help=", ".join(c["hosts"]))
+            cols[1].metric("CPUs free", f"{c['free_cpus']:g} of {c['cpus']:g}")
+            cols[2].metric("GPUs free", f"{c['free_gpus']:g} of {c['gpus']:g}")
 
 # The live view right under the Start buttons: the page keeps its scroll position after Start, so this is where
 # the user is looking (above the form it appeared about 1,000 px out of sight).

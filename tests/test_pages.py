@@ -206,6 +206,30 @@ def test_train_page_refuses_bad_settings_with_a_message(tmp_path, monkeypatch):
     assert "train_job" not in at.session_state
 
 
+def test_train_page_shows_the_ray_cluster_asked_for_and_says_when_there_is_none(tmp_path, monkeypatch):
+    from core import CxrError
+
+    asked = []
+
+    def fake_status(address):
+        asked.append(address)
+        if address == "nowhere:1":
+            raise CxrError("could not reach a Ray cluster at 'nowhere:1'")
+        return {"nodes": 2, "cpus": 16.0, "gpus": 2.0, "free_cpus": 12.0, "free_gpus": 1.0, "hosts": ["a", "b"]}
+
+    monkeypatch.setattr("core.jobs.launch.cluster_status", fake_status)
+    monkeypatch.setenv("CXR_RUNS_DIR", str(tmp_path / "runs"))
+    at = AppTest.from_file(str(PAGES / "1_Train.py"), default_timeout=60).run()
+    assert at.selectbox(key="train_quick_executor").value == "local"  # the form offers the executor
+    at.text_input(key="train_ray_address").set_value("head:6379")
+    at.button(key="train_show_cluster").click().run()
+    assert asked == ["head:6379"] and not at.exception
+    assert {m.label: m.value for m in at.metric} == {"Nodes": "2", "CPUs free": "12 of 16", "GPUs free": "1 of 2"}
+    at.text_input(key="train_ray_address").set_value("nowhere:1")
+    at.button(key="train_show_cluster").click().run()
+    assert "could not reach a Ray cluster" in at.error[0].value
+
+
 def test_train_page_hides_momentum_for_adam_and_starts_with_the_chosen_optimiser(tmp_path, monkeypatch):
     started = []
     monkeypatch.setattr("core.jobs.launch.start_run", lambda cfg, **kw: (started.append(cfg) or ("r-1", 1)))

@@ -232,3 +232,13 @@ def test_the_ray_benchmark_times_both_executors_on_the_same_sweep(ray_instance, 
     assert result["cluster"].startswith("ray: 1 node") and len(result["auc_ray"]) == 2
     assert json.loads((tmp_path / "ray.json").read_text())["kind"] == "ray"
     assert "ratio ray / local" in report(result)
+
+
+def test_the_cluster_command_reports_nodes_cpus_and_gpus_as_json(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "core", "cluster"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    c = json.loads(out.stdout.strip().splitlines()[-1])
+    assert c["nodes"] == 1 and c["cpus"] >= 1 and c["gpus"] == 0 and set(c) >= {"free_cpus", "free_gpus", "hosts"}
+    bad = subprocess.run([sys.executable, "-m", "core", "cluster", "--ray-address", "127.0.0.1:1"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "could not reach a Ray cluster" in bad.stderr

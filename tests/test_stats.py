@@ -109,3 +109,53 @@ def test_mid_ranks_are_scipys():
     rng = np.random.default_rng(3)
     for x in (rng.random(50), np.round(rng.random(200), 1), np.ones(5), np.array([2.0]), np.array([3, 1, 2, 1, 3, 3])):
         np.testing.assert_array_equal(rankdata(x), scipy_rankdata(x))
+
+
+def test_calibration_slope_and_intercept_match_a_statsmodels_logistic_fit():
+    sm = pytest.importorskip("statsmodels.api")
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0.02, 0.98, 400)
+    logit = np.log(p / (1 - p))
+    y = rng.random(400) < 1 / (1 + np.exp(-(0.3 + 0.7 * logit)))  # miscalibrated: too extreme, too low
+    from core.results.stats import calibration_fit
+
+    got = calibration_fit(y, p)
+    slope = sm.GLM(y.astype(float), sm.add_constant(logit), family=sm.families.Binomial()).fit()
+    intercept = sm.GLM(y.astype(float), np.ones((400, 1)), family=sm.families.Binomial(), offset=logit).fit()
+    assert got["calibration_slope"] == pytest.approx(slope.params[1], rel=1e-6)
+    lo, hi = slope.conf_int()[1]
+    assert (got["calibration_slope_ci_low"], got["calibration_slope_ci_high"]) == pytest.approx((lo, hi), rel=1e-5)
+    assert got["calibration_intercept"] == pytest.approx(intercept.params[0], rel=1e-6)
+    lo, hi = intercept.conf_int()[0]
+    assert (got["calibration_intercept_ci_low"], got["calibration_intercept_ci_high"]) == pytest.approx((lo, hi), rel=1e-5)
+    assert got["brier"] == pytest.approx(np.mean((p - y) ** 2))
+
+
+def test_calibration_slope_matches_scikit_learn_and_perfect_calibration_reads_as_ideal():
+    from sklearn.linear_model import LogisticRegression
+
+    from core.results.stats import calibration_fit
+
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0.05, 0.95, 5000)
+    y = rng.random(5000) < p  # honest probabilities
+    logit = np.log(p / (1 - p))
+    ref = LogisticRegression(C=np.inf, tol=1e-10, max_iter=1000).fit(logit[:, None], y)
+    got = calibration_fit(y, p)
+    assert got["calibration_slope"] == pytest.approx(ref.coef_[0, 0], rel=1e-5)
+    assert got["calibration_slope_ci_low"] < 1 < got["calibration_slope_ci_high"]
+    assert got["calibration_intercept_ci_low"] < 0 < got["calibration_intercept_ci_high"]
+
+
+def test_net_benefit_is_the_textbook_formula_on_hand_made_data():
+    from core.results.stats import decision_curve
+
+    # 10 images, 4 positive; at pt = 0.25 the model calls 5 positive: 3 true, 2 false
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0], bool)
+    p = np.array([0.9, 0.8, 0.3, 0.1, 0.7, 0.26, 0.2, 0.1, 0.05, 0.0])
+    row = decision_curve(y, p, thresholds=np.array([0.25]))[0]
+    odds = 0.25 / 0.75
+    assert row["net_benefit"] == pytest.approx(3 / 10 - 2 / 10 * odds)
+    assert row["net_benefit_treat_all"] == pytest.approx(4 / 10 - 6 / 10 * odds)
+    default = decision_curve(y, p)
+    assert [r["threshold"] for r in default][:3] == [0.01, 0.02, 0.03] and len(default) == 99

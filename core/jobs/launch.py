@@ -17,13 +17,14 @@ import sys
 import threading
 from pathlib import Path
 
+from core import CxrError
 from core.config import RunConfig
 from core.ids import new_run_id
 from core.jobs.lifecycle import ACTIVE, check_resumable, identify, is_alive, run_alive
 from core.safety import refuse_in_demo_mode
 from core.results.store import Store
 
-__all__ = ["start_run", "start_sweep", "start_resume", "cancel", "is_alive", "log_tail"]
+__all__ = ["start_run", "start_sweep", "start_resume", "cancel", "is_alive", "log_tail", "cluster_status"]
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository, where `python -m core` runs
 
@@ -103,3 +104,20 @@ def cancel(runs_dir: Path, run_id: str) -> bool:
 def log_tail(runs_dir: Path, run_id: str, lines: int = 20) -> str:
     log = Path(runs_dir) / "jobs" / f"{run_id}.log"
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
+
+
+def cluster_status(address: str, *, timeout_s: float = 90.0) -> dict:
+    """`python -m core cluster` in a child process: the Ray cluster at `address` ('' = a private instance on this
+    machine), as {nodes, cpus, gpus, free_cpus, free_gpus, hosts}. A child, so the dashboard's process never becomes
+    a Ray driver (nor imports Ray); the address goes as one argument, never through a shell."""
+    import json
+
+    try:
+        out = subprocess.run([sys.executable, "-m", "core", "cluster", "--ray-address", address], cwd=ROOT, capture_output=True,
+                             text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise CxrError(f"no answer from a Ray cluster at {address or 'a private instance'} within {timeout_s:.0f} s") from None
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        raise CxrError(lines[-1].removeprefix("error: ") if lines else f"python -m core cluster failed ({out.returncode})")
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -220,6 +220,64 @@ def calibration(y: np.ndarray, p: np.ndarray, *, bins: int = 10) -> dict:
     return {"bins": rows, "brier": float(np.mean((p - y) ** 2))}
 
 
+def _logistic_fit(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray, *, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Maximum-likelihood logistic regression of y on [1, x] (or the intercept alone) with an offset, by Newton-Raphson;
+    returns the coefficients and their standard errors (inverse Fisher information). Small enough to need no library."""
+    X = np.ones((len(y), 1)) if x is None else np.column_stack([np.ones(len(y)), x])
+    beta = np.zeros(X.shape[1])
+    for _ in range(iterations):
+        eta = offset + X @ beta
+        mu = 1.0 / (1.0 + np.exp(-eta))
+        w = np.clip(mu * (1 - mu), 1e-12, None)
+        info = X.T @ (X * w[:, None])
+        step = np.linalg.solve(info, X.T @ (y - mu))
+        beta = beta + step
+        if np.max(np.abs(step)) < 1e-10:
+            break
+    mu = 1.0 / (1.0 + np.exp(-(offset + X @ beta)))
+    info = X.T @ (X * np.clip(mu * (1 - mu), 1e-12, None)[:, None])
+    return beta, np.sqrt(np.diag(np.linalg.inv(info)))
+
+
+def calibration_fit(y: np.ndarray, p: np.ndarray, *, level: float = 0.95) -> dict:
+    """Logistic recalibration (Cox 1958; Van Calster et al. 2019, J Clin Epidemiol 110:12): the calibration slope is b in
+    logit P(y) = a + b logit(p) (1 = ideal, < 1 = probabilities too extreme); the calibration intercept
+    ("calibration-in-the-large") is a in logit P(y) = a + logit(p), the slope fixed at 1 (0 = ideal, < 0 = too high on
+    average). Wald intervals. With the Brier score. Probabilities are clipped to [1e-6, 1 - 1e-6] before the logit."""
+    y = np.asarray(y, dtype=float)
+    p = np.clip(np.asarray(p, dtype=float), 1e-6, 1 - 1e-6)
+    out = {"brier": float(np.mean((p - y) ** 2))}
+    keys = ("calibration_intercept", "calibration_slope")
+    if len(y) < 3 or y.min() == y.max():  # one class only: no fit
+        return {**out, **{f"{k}{s}": float("nan") for k in keys for s in ("", "_ci_low", "_ci_high")}}
+    z = _z(level)
+    logit = np.log(p / (1 - p))
+    (a,), (se_a,) = _logistic_fit(y, None, logit)
+    (_, b), (_, se_b) = _logistic_fit(y, logit, np.zeros(len(y)))
+    for key, value, se in (("calibration_intercept", a, se_a), ("calibration_slope", b, se_b)):
+        out[key], out[f"{key}_ci_low"], out[f"{key}_ci_high"] = float(value), float(value - z * se), float(value + z * se)
+    return out
+
+
+def decision_curve(y: np.ndarray, p: np.ndarray, thresholds: np.ndarray | None = None) -> list[dict]:
+    """Net benefit against threshold probability (Vickers & Elkin 2006, Med Decis Making 26:565): for calling positive
+    at p >= pt, TP/n - FP/n x pt/(1 - pt); treating everyone, prevalence - (1 - prevalence) x pt/(1 - pt); treating
+    no one, 0. The threshold probability is where a clinician would weigh a missed case against unneeded treatment."""
+    y = np.asarray(y, dtype=bool)
+    p = np.asarray(p, dtype=float)
+    n = len(y)
+    thresholds = np.round(np.arange(0.01, 1.0, 0.01), 2) if thresholds is None else np.asarray(thresholds, dtype=float)
+    prevalence = float(y.mean()) if n else float("nan")
+    rows = []
+    for t in thresholds:
+        call = p >= t
+        odds = t / (1 - t)
+        tp, fp = int((call & y).sum()), int((call & ~y).sum())
+        rows.append({"threshold": float(t), "net_benefit": tp / n - fp / n * odds if n else float("nan"),
+                     "net_benefit_treat_all": prevalence - (1 - prevalence) * odds})
+    return rows
+
+
 def mean_sd(values: np.ndarray) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]

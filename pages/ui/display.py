@@ -99,6 +99,8 @@ def fold_table(folds: pd.DataFrame) -> pd.DataFrame:
         "sensitivity %": percent_column(folds["sensitivity"]),
         "specificity %": percent_column(folds["specificity"]),
         "training s": folds["train_seconds"].round(1),
+        # where it trained: this machine for a local run, a cluster node for a Ray run (older runs: not recorded)
+        "node": folds["node"].fillna("") if "node" in folds else "",
     })
 
 
