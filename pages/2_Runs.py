@@ -134,6 +134,15 @@ st.dataframe(display.fold_table(d["folds"]), hide_index=True, width="stretch")
 left, right = st.columns(2)
 left.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_mean_folds"]), width="stretch")
 right.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), width="stretch")
+right.caption(figures.calibration_title(row))
+
+st.subheader("Would acting on it help?")
+left, right = st.columns([3, 2])
+left.plotly_chart(figures.decision_curve(row["decision_curve"]), width="stretch")
+right.markdown("**Decision curve.** For each threshold probability (the risk of effusion at which a clinician would act, e.g. "
+               "order an ultrasound), the net benefit of acting on the model's call: true positives per patient, minus false "
+               "positives weighted by the harm of an unneeded work-up (threshold / (1 - threshold)). Where the model's curve lies "
+               "above both \"treat all\" and \"treat none\", using it does more good than either default.")
 
 curves_section(d["curve"])
 

@@ -50,6 +50,9 @@ def test_runs_page_shows_the_run_metrics_folds_and_threshold_rates(finished_run,
     at.slider(key="runs_threshold").set_value(1.0).run()
     rates_after = next(df.value for df in at.dataframe if "measure" in df.value.columns)
     assert rates_after.set_index("measure").loc["specificity", "value"] == "100.0 %"
+    # calibration in numbers and the decision curve, under the calibration plot
+    assert any(c.value.startswith("Brier score") and "calibration slope" in c.value for c in at.caption)
+    assert any(h.value == "Would acting on it help?" for h in at.subheader)
 
 
 def test_runs_page_without_runs_says_how_to_start_one(tmp_path, monkeypatch):

@@ -159,3 +159,13 @@ def test_net_benefit_is_the_textbook_formula_on_hand_made_data():
     assert row["net_benefit_treat_all"] == pytest.approx(4 / 10 - 6 / 10 * odds)
     default = decision_curve(y, p)
     assert [r["threshold"] for r in default][:3] == [0.01, 0.02, 0.03] and len(default) == 99
+
+
+def test_a_calibration_fit_without_a_finite_maximum_is_not_a_number_not_a_crash():
+    from core.results.stats import calibration_fit
+
+    y = np.array([0, 0, 0, 1, 1, 1], bool)
+    p = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])  # perfectly separated: the slope runs off to infinity
+    got = calibration_fit(y, p)
+    assert np.isnan(got["calibration_slope"]) and np.isnan(got["calibration_slope_ci_low"])
+    assert got["brier"] == pytest.approx(np.mean((p - y) ** 2))

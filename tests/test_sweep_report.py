@@ -38,8 +38,12 @@ def test_every_run_of_a_sweep_uses_the_same_splits(sweep):
 def test_report_json_has_the_documented_keys_and_numbers_from_the_predictions(sweep):
     store, sweep_id, run_ids = sweep
     rows = json.loads(to_json(table3(store, run_ids)))
-    for key in ("run_id", "auc", "auc_ci_low", "auc_ci_high", "accuracy", "sensitivity", "specificity", "train_seconds", "delong_p_vs_first"):
+    for key in ("run_id", "auc", "auc_ci_low", "auc_ci_high", "accuracy", "sensitivity", "specificity", "train_seconds", "delong_p_vs_first",
+                "brier", "calibration_intercept", "calibration_intercept_ci_low", "calibration_intercept_ci_high",
+                "calibration_slope", "calibration_slope_ci_low", "calibration_slope_ci_high", "decision_curve"):
         assert key in rows[0], key
+    curve = rows[0]["decision_curve"]
+    assert len(curve) == 99 and set(curve[0]) == {"threshold", "net_benefit", "net_benefit_treat_all"}
     assert rows[0]["delong_p_vs_first"] is None
     assert set(rows[1]["varies"]) == {"max_iterations", "learning_rate"}
     # recompute row 2 from its own and the first run's stored predictions

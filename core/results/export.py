@@ -71,6 +71,12 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
     parts.append("<p class='muted'>'cross-fitted' thresholds are chosen on the other folds' predictions and applied to each fold, "
                  "an honest estimate of how a threshold transfers; in-sample thresholds are chosen on the same predictions.</p>")
 
+    parts.append("<h2>Calibration</h2>")
+    parts.append("<ul>" + "".join(f"<li><b>{_e(r['name'])}</b>: {_e(figures.calibration_title(r))}</li>" for r in rows) + "</ul>")
+    parts.append("<p class='muted'>Logistic recalibration (Wald 95 % intervals). The decision curve below (net benefit against "
+                 "threshold probability, Vickers &amp; Elkin 2006) shows whether acting on the model's call does more good than "
+                 "treating everyone or no one.</p>")
+
     parts.append("<h2>Figures</h2>")
     if single:
         r = rows[0]
@@ -85,7 +91,8 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         figs = [figures.confusion_matlab(c["tp"], c["fn"], c["fp"], c["tn"], positive=r["positive_class"], negative=negative),
                 figures.roc(band, auc=r["auc"], ci=(r["auc_ci_low"], r["auc_ci_high"]), points=ops),
                 figures.forest(folds, pooled=r["auc"], mean=r["auc_mean_folds"]),
-                figures.calibration_plot(r["calibration"]["bins"], brier=r["calibration"]["brier"])]
+                figures.calibration_plot(r["calibration"]["bins"], brier=r["calibration"]["brier"]),
+                figures.decision_curve(r["decision_curve"])]
         if not curve.empty:
             figs += [figures.training_curves(curve, metric="loss"), figures.training_curves(curve, metric="accuracy")]
     else:

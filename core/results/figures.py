@@ -148,6 +148,30 @@ def calibration_plot(bins: list[dict], *, brier: float) -> go.Figure:
                    "observed share of positives")
 
 
+def calibration_title(row: dict) -> str:
+    """The calibration numbers in words, for a caption under the plot (keys of core.results.stats.calibration_fit)."""
+    def fit(key: str) -> str:
+        v, lo, hi = row.get(key), row.get(f"{key}_ci_low"), row.get(f"{key}_ci_high")
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.2f} (95 % CI {lo:.2f} to {hi:.2f})"
+
+    return (f"Brier score {row['brier']:.3f}; calibration intercept {fit('calibration_intercept')} (ideal 0; below 0: probabilities too "
+            f"high on average); calibration slope {fit('calibration_slope')} (ideal 1; below 1: too extreme)")
+
+
+def decision_curve(rows: list[dict], *, title: str = "Decision curve (pooled out-of-fold predictions)") -> go.Figure:
+    """Net benefit of acting on the model's call against the threshold probability, beside treating everyone and no one.
+    The y axis stops at -0.05 below: treat-all falls steeply at high thresholds and would squeeze the curves of interest."""
+    df = pd.DataFrame(rows)
+    top = float(max(df["net_benefit"].max(), df["net_benefit_treat_all"].max(), 0.01)) if not df.empty else 1.0
+    traces = [_scatter(x=df["threshold"].to_numpy(), y=df["net_benefit"].to_numpy(), mode="lines", line={"color": OKABE_ITO[4], "width": 2.5},
+                       name="model"),
+              _scatter(x=df["threshold"].to_numpy(), y=df["net_benefit_treat_all"].to_numpy(), mode="lines",
+                       line={"color": OKABE_ITO[0], "dash": "dash"}, name="treat all"),
+              _scatter(x=[0, 1], y=[0, 0], mode="lines", line=CHANCE, name="treat none")]
+    return _figure(traces, title, "threshold probability (the risk at which one would act)", "net benefit (true positives per patient)",
+                   xaxis={"range": [0, 1]}, yaxis={"range": [-0.05, top * 1.1]})
+
+
 def roc_overlay(curves: list[tuple[str, dict, float]]) -> go.Figure:
     """Several runs' pooled ROC curves (name, band dict, AUC) on one chart."""
     traces = [_scatter(x=band["fpr"], y=band["tpr"], mode="lines", line={"color": colour(k), "dash": dash(k), "width": 2.5},

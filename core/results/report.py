@@ -14,7 +14,7 @@ import numpy as np
 
 from core import CxrError
 from core.config import RESULT_NEUTRAL
-from core.results.stats import (at_threshold, auc_delong, calibration, delong_paired, holm, mean_sd, roc_band,
+from core.results.stats import (at_threshold, auc_delong, calibration, calibration_fit, decision_curve, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
 from core.results.store import Store
 
@@ -89,6 +89,8 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
     row["auc_mean_folds"], row["auc_sd_folds"] = mean_sd(fold_auc)
     row["per_fold"] = per_fold_summary(y, call, preds["fold"].to_numpy())
     row["calibration"] = calibration(y, scores)
+    row.update(calibration_fit(y, scores))  # brier, calibration_intercept and _slope with their intervals
+    row["decision_curve"] = decision_curve(y, scores)
     if len(classes) > 2:
         from sklearn.metrics import roc_auc_score  # here only: importing sklearn (with scipy.stats) costs the first page visit about 0.9 s
 

@@ -220,21 +220,32 @@ def calibration(y: np.ndarray, p: np.ndarray, *, bins: int = 10) -> dict:
     return {"bins": rows, "brier": float(np.mean((p - y) ** 2))}
 
 
-def _logistic_fit(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray, *, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
+def _sigmoid(eta: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * eta))  # no overflow for extreme eta, unlike 1 / (1 + exp(-eta))
+
+
+def _logistic_fit(y: np.ndarray, x: np.ndarray | None, offset: np.ndarray, *, iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
     """Maximum-likelihood logistic regression of y on [1, x] (or the intercept alone) with an offset, by Newton-Raphson;
-    returns the coefficients and their standard errors (inverse Fisher information). Small enough to need no library."""
+    returns the coefficients and their standard errors (inverse Fisher information), or NaNs where the fit does not
+    converge (perfectly separated classes have no finite maximum). Small enough to need no library."""
     X = np.ones((len(y), 1)) if x is None else np.column_stack([np.ones(len(y)), x])
     beta = np.zeros(X.shape[1])
+    nan = np.full(X.shape[1], np.nan)
     for _ in range(iterations):
-        eta = offset + X @ beta
-        mu = 1.0 / (1.0 + np.exp(-eta))
-        w = np.clip(mu * (1 - mu), 1e-12, None)
-        info = X.T @ (X * w[:, None])
-        step = np.linalg.solve(info, X.T @ (y - mu))
+        mu = _sigmoid(offset + X @ beta)
+        info = X.T @ (X * np.clip(mu * (1 - mu), 1e-12, None)[:, None])
+        try:
+            step = np.linalg.solve(info, X.T @ (y - mu))
+        except np.linalg.LinAlgError:
+            return nan, nan
         beta = beta + step
+        if not np.isfinite(beta).all():
+            return nan, nan
         if np.max(np.abs(step)) < 1e-10:
             break
-    mu = 1.0 / (1.0 + np.exp(-(offset + X @ beta)))
+    else:
+        return nan, nan
+    mu = _sigmoid(offset + X @ beta)
     info = X.T @ (X * np.clip(mu * (1 - mu), 1e-12, None)[:, None])
     return beta, np.sqrt(np.diag(np.linalg.inv(info)))
 
