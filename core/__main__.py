@@ -43,6 +43,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--split", choices=["all", "train", "validate", "test"], default="all", help="the release's official split (default all)")
     cohort.add_argument("--multi-finding", choices=["exclude", "first"], default="exclude",
                         help="images with more than one chosen finding: exclude (default) or the first in --finding order")
+    cohort.add_argument("--patients", type=Path, default=None, metavar="PATH",
+                        help="MIMIC-CXR: MIMIC-IV's hosp/patients.csv(.gz), for sex and age band (subgroups); CheXpert and NIH carry them")
     cohort.add_argument("--labels-dir", type=Path, default=None, help="folder holding the label/metadata CSVs when they are not in ROOT")
 
     run = sub.add_parser("run", help="cross-validate one configuration and store it")
@@ -186,7 +188,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
     check_out(args.out)  # before reading a large release
     options = CohortOptions(findings=parse_list(args.finding), normal=args.normal.strip(), uncertain=args.uncertain, views=parse_views(args.views),
                             n_per_class=args.n_per_class, seed=args.seed, one_per_patient=args.one_per_patient, split=args.split,
-                            multi_finding=args.multi_finding)
+                            multi_finding=args.multi_finding, patients=str(args.patients) if args.patients else "")
     try:
         cohort = build_cohort(args.source, args.root, options, labels_dir=args.labels_dir)
     except CohortError as exc:

@@ -50,6 +50,8 @@ class RunConfig:
     )
     fold_column: str = _f("", "CSV manifests: column holding your own fold numbers (1..k); '' = the tool assigns folds. "
                               "Audited for patient leakage before training.")
+    subgroup_columns: str = _f("", "CSV manifests: more columns to report results by (comma-separated, e.g. site,scanner); sex, age "
+                                    "and age_band are used whenever the manifest has them, ages in bands.")
     image_size: int = _f(224, "Images are resized to this many pixels square (the study: 224 for ResNet-50).", min=16, max=1024)
 
     # --- model ----------------------------------------------------------------------------
@@ -145,7 +147,8 @@ class RunConfig:
 # difference between runs (Compare's highlighted columns, Table 3's "varies", automatic run names).
 RESULT_NEUTRAL = frozenset({"device", "num_threads", "torch_compile", "cuda_graphs", "parallel_folds", "channels_last", "save_models",
                             "eval_batch_size", "eval_every", "executor", "ray_address", "gpus_per_fold", "cpus_per_fold"})
-_DATA_FIELDS = frozenset({"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column"})
+_DATA_FIELDS = frozenset({"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column",
+                          "subgroup_columns"})
 _SHORT = {"learning_rate": "lr", "max_iterations": "iters", "max_epochs": "epochs", "batch_size": "batch", "weight_decay": "wd",
           "head_lr_factor": "head lr x", "image_size": "px", "optimizer": "", "backbone": "", "precision": ""}
 
@@ -228,7 +231,7 @@ def preset(name: str) -> RunConfig:
 
 # How the Train page groups the settings (every field exactly once; tests check it).
 SECTIONS: dict[str, list[str]] = {
-    "Data": ["data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column", "image_size"],
+    "Data": ["data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column", "subgroup_columns", "image_size"],
     "Model and weights": ["backbone", "weights", "head_lr_factor", "freeze_backbone"],
     "Optimisation": ["optimizer", "learning_rate", "momentum", "weight_decay", "batch_size", "max_iterations", "max_epochs", "eval_every"],
     "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],

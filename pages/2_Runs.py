@@ -144,6 +144,16 @@ right.markdown("**Decision curve.** For each threshold probability (the risk of 
                "positives weighted by the harm of an unneeded work-up (threshold / (1 - threshold)). Where the model's curve lies "
                "above both \"treat all\" and \"treat none\", using it does more good than either default.")
 
+st.subheader("Subgroups")
+if row["subgroups"]:
+    st.caption("AUC, sensitivity and specificity (at 0.5) within each subgroup of the out-of-fold predictions; p: unpaired DeLong "
+               "test of the group's AUC against all other images. Groups with fewer than 5 positives or negatives are flagged, "
+               "not hidden. Only bands and categories are stored or shown.")
+    st.dataframe(display.subgroup_table(row["subgroups"]), hide_index=True, width="stretch")
+else:
+    st.caption("No subgroup variables for this data set: a CSV manifest's sex, age or age_band columns are used when present "
+               "(cohort manifests have them), views when the images have one, and any column named in subgroup_columns.")
+
 curves_section(d["curve"])
 
 # deferred: the file is made when the button is clicked, not on every render

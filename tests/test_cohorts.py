@@ -310,6 +310,19 @@ def test_the_manifest_holds_no_identifier_beyond_the_release_ids(tmp_path):
     assert "21800506" not in text and "213014" not in text  # StudyDate / StudyTime never read
 
 
+def test_mimic_takes_sex_and_age_band_from_mimic_iv_patients_when_given(tmp_path):
+    root = write_mimic(tmp_path / "mimic", [_study(1, EFFUSION), _study(2, NORMAL)])
+    patients = tmp_path / "patients.csv.gz"
+    _write_csv(patients.with_suffix(""), pd.DataFrame({"subject_id": ["10000001", "10000002"], "gender": ["F", "M"],
+                                                       "anchor_age": ["52", "91"], "anchor_year": ["2180", "2150"],
+                                                       "anchor_year_group": ["2008 - 2010", "2011 - 2013"], "dod": ["", ""]}), True)
+    table = build_cohort("mimic", root, CohortOptions(n_per_class=0, patients=str(patients))).table.set_index("group")
+    assert table.loc["10000001", ["sex", "age_band"]].tolist() == ["female", "40-59"]
+    assert table.loc["10000002", ["sex", "age_band"]].tolist() == ["male", "80+"]
+    text = table.drop(columns=["path"]).to_csv()
+    assert "2180" not in text and "91" not in text  # no shifted year, no exact age
+
+
 def test_label_files_may_live_apart_from_the_images(tmp_path):
     """ROOT may be the release folder or its files/ folder; --labels-dir points at CSVs kept elsewhere."""
     root = write_mimic(tmp_path / "mimic", [_study(1, EFFUSION), _study(2, NORMAL)], gz=True)
@@ -416,7 +429,9 @@ def test_chexpert_patients_and_views_come_from_the_path_and_view_columns(tmp_pat
         assert t["study_id"].tolist() == ["patient00002/study1", "patient64541/study1", "patient00001/study1"]
         assert t["view"].tolist() == ["PA", "AP", "AP"] and t["official_split"].tolist() == ["train", "validate", "train"]
         assert all(Path(p).is_file() for p in t["path"])
-        assert "Female" not in cohort.table.to_csv() and "Sex" not in cohort.table.columns
+        # sex and age only as subgroup categories: the band, never the age (68 here)
+        assert set(t["sex"]) == {"female"} and set(t["age_band"]) == {"60-79"}
+        assert "Female" not in cohort.table.to_csv() and "Sex" not in cohort.table.columns and "68" not in cohort.table.drop(columns=["path"]).to_csv()
     assert [s.n_removed for s in cohort.flow[1:3]] == [1, 1]  # the lateral view, then the uncertain study
     with pytest.raises(CohortError, match="no 'Pleural Effusion' images left") as err:  # valid.csv here holds one normal image
         build_cohort("chexpert", parent, CohortOptions(n_per_class=0, split="validate"))
@@ -468,6 +483,7 @@ def test_nih_labels_split_on_pipes_and_images_are_found_by_name(tmp_path):
     assert t.loc["00000001_001.png", "group"] == "1" and t.loc["00000001_001.png", "follow_up"] == "1"
     assert "'Pleural Effusion' is 'Effusion'" in cohort.flow[0].note
     assert "058Y" not in cohort.table.to_csv()
+    assert set(t["sex"]) == {"male"} and set(t["age_band"]) == {"40-59"}  # 058Y, as a band
 
 
 def test_nih_header_without_the_trailing_column_and_official_lists(tmp_path):

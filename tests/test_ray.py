@@ -192,12 +192,16 @@ def test_a_killed_driver_is_resumed_with_the_same_executor_and_cancel_stops_a_ra
     assert store.run("c")["status"] == "cancelled"
 
 
-def test_a_two_node_cluster_runs_folds_on_both_nodes(data, tmp_path):
-    """ray.cluster_utils.Cluster: two raylets on this machine, one CPU each, the driver joining by address."""
+def test_a_two_node_cluster_runs_folds_on_both_nodes_and_survives_losing_one(data, tmp_path):
+    """ray.cluster_utils.Cluster: two raylets on this machine, one CPU each, the driver joining by address. A first run
+    spreads its folds over both; in a second, the same, the worker node is removed while folds train on it: Ray runs
+    them again on the head, and the run ends with the first run's rows."""
     script = tmp_path / "cluster.py"
     script.write_text(f"""
 import json
 import sys
+import threading
+import time
 sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
 import ray
 from ray.cluster_utils import Cluster
@@ -206,22 +210,33 @@ from core.results.store import Store
 from core.training.engine import run_cross_validation
 
 cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include_dashboard": False}})
-cluster.add_node(num_cpus=1)
+worker = cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, runtime_env={{"env_vars": {{"PYTHONPATH": {str(ROOT)!r}}}}})
-cfg = tiny_config({str(data)!r}, batch_size=8, folds=4, max_iterations=2, eval_every=2, gradcam=False, executor="ray")
+cfg = tiny_config({str(data)!r}, batch_size=8, folds=4, max_iterations=6, eval_every=3, gradcam=False, executor="ray")
 store = Store({str(tmp_path / 'runs')!r})
 run_cross_validation(cfg, store=store, run_id="two")
 print(json.dumps(sorted(set(store.folds("two")["node"]))))
 print(store.run("two")["device"])
+done = threading.Event()
+threading.Thread(target=lambda: (run_cross_validation(cfg, store=store, run_id="lost"), done.set()), daemon=True).start()
+while store.query("SELECT run_id FROM iterations WHERE run_id = 'lost'").empty:  # folds are training
+    time.sleep(0.2)
+cluster.remove_node(worker)
+done.wait(240)
+print(store.run("lost")["status"])
+print(json.dumps(sorted(set(store.folds("lost")["node"]))))
 ray.shutdown()
 cluster.shutdown()
 """)
-    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
-    nodes, device = out.stdout.strip().splitlines()[-2:]
+    nodes, device, status, after = out.stdout.strip().splitlines()[-4:]
     assert len(json.loads(nodes)) == 2, nodes
     assert device.startswith("ray: 2 nodes, 2 CPUs")
+    assert status == "finished"
+    store = Store(tmp_path / "runs")
+    assert_same_rows(store, "two", store, "lost")  # the folds that ran again trained exactly as the first time
 
 
 def test_the_ray_benchmark_times_both_executors_on_the_same_sweep(ray_instance, tmp_path):

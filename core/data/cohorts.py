@@ -91,6 +91,7 @@ class CohortOptions:
     one_per_patient: bool = False
     split: str = "all"  # all | train | validate | test (the release's official split)
     multi_finding: str = "exclude"  # exclude | first
+    patients: str = ""  # MIMIC-CXR: MIMIC-IV's patients.csv[.gz], for sex and age band (subgroups); '' = none
 
     def validate(self) -> None:
         if self.uncertain not in UNCERTAIN_POLICIES:
@@ -475,6 +476,13 @@ def _list_mimic(root: Path, dirs: list[Path], options: CohortOptions) -> _Listin
         "study_id": meta["study_id"],
         "official_split": meta["split"],
     })
+    extra = []
+    if options.patients:  # MIMIC-IV's patients table: sex and anchor age (an age band; never the shifted dates)
+        patients = _read(Path(options.patients), ["subject_id", "gender", "anchor_age"],
+                         "pass MIMIC-IV's hosp/patients.csv(.gz) with --patients").drop_duplicates("subject_id")
+        joined = meta[["subject_id"]].merge(patients, on="subject_id", how="left").fillna("")
+        joined.index = images.index
+        extra = _demographics(images, joined["gender"], joined["anchor_age"])
     labels, labelled = {}, {}
     for lab in ("chexpert", "negbio"):
         table = _read(paths[lab], [*ids, *dict.fromkeys([*findings, *([normal] if normal else [])])], col_hint)
@@ -484,7 +492,7 @@ def _list_mimic(root: Path, dirs: list[Path], options: CohortOptions) -> _Listin
         joined.index = images.index
         labels[lab] = _numeric(joined, [c for c in joined.columns if c not in ids and c != "_labelled"])
         labelled[lab] = joined["_labelled"].eq(True)
-    return _Listing(images, labels, labelled, findings, normal, ["study_id", "official_split"],
+    return _Listing(images, labels, labelled, findings, normal, ["study_id", "official_split", *extra],
                     f"images in {paths['metadata'].name}", note=renamed)
 
 
@@ -512,7 +520,8 @@ def _list_chexpert(root: Path, dirs: list[Path], options: CohortOptions) -> _Lis
         path = found[stem]
         available = [h for h in _header(path) if h not in ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")]
         findings, normal, renamed = _resolve_names(options, available, "CheXpert")
-        columns = ["Path", "Frontal/Lateral", "AP/PA", *dict.fromkeys([*findings, *([normal] if normal else [])])]
+        demographics = [c for c in ("Sex", "Age") if c in _header(path)]
+        columns = ["Path", "Frontal/Lateral", "AP/PA", *demographics, *dict.fromkeys([*findings, *([normal] if normal else [])])]
         df = _read(path, columns, "is this CheXpert v1.0? its CSVs keep their original columns")
         df["_split"] = "train" if stem == "train" else "validate"
         df["_base"] = str(_chexpert_base(root, path))
@@ -531,11 +540,26 @@ def _list_chexpert(root: Path, dirs: list[Path], options: CohortOptions) -> _Lis
     })
     images["study_id"] = images["study"]
     images["official_split"] = images["split"]
-    labels = _numeric(df, [c for c in df.columns if c not in ("Path", "Frontal/Lateral", "AP/PA", "_split", "_base")])
+    extra = _demographics(images, df.get("Sex"), df.get("Age"))
+    labels = _numeric(df, [c for c in df.columns if c not in ("Path", "Frontal/Lateral", "AP/PA", "Sex", "Age", "_split", "_base")])
     labels.index = images.index
     yes = pd.Series(True, index=images.index)
-    return _Listing(images, {"chexpert": labels}, {"chexpert": yes}, findings, normal, ["study_id", "official_split"],
+    return _Listing(images, {"chexpert": labels}, {"chexpert": yes}, findings, normal, ["study_id", "official_split", *extra],
                     f"images in {' + '.join(found[s].name for s in wanted[options.split] if s in found)}", note=renamed)
+
+
+def _demographics(images: pd.DataFrame, sexes: pd.Series | None, ages: pd.Series | None) -> list[str]:
+    """Sex and age band columns for the manifest (core/data/subgroups.py); an exact age is never written."""
+    from core.data.subgroups import age_band, sex
+
+    extra = []
+    if sexes is not None:
+        images["sex"] = [sex(v) for v in sexes]
+        extra.append("sex")
+    if ages is not None:
+        images["age_band"] = [age_band(v) for v in ages]
+        extra.append("age_band")
+    return extra
 
 
 def _chexpert_base(root: Path, csv_path: Path) -> Path:
@@ -564,6 +588,7 @@ def _list_nih(root: Path, dirs: list[Path], options: CohortOptions) -> _Listing:
     if missing:
         raise CxrError(f"{path.name} has no column {', '.join(map(repr, missing))} (columns: {', '.join(header)}); "
                        "is this the NIH ChestX-ray14 Data_Entry_2017 file?")
+    wanted += [c for c in ("Patient Gender", "Patient Age") if c in header]  # for subgroups, when the file has them
     positions = [header.index(c) for c in wanted]
     try:  # by position: the header and the rows need not agree on the trailing empty column
         df = pd.read_csv(path, header=None, skiprows=1, usecols=positions, dtype=str, keep_default_na=False, index_col=False)
@@ -601,9 +626,10 @@ def _list_nih(root: Path, dirs: list[Path], options: CohortOptions) -> _Listing:
         "follow_up": df["Follow-up #"],
         "official_split": split,
     })
+    extra = _demographics(images, df.get("Patient Gender"), df.get("Patient Age"))
     note = "; ".join(n for n in (f"{len(on_disk)} image files found under images*/", renamed) if n)
     yes = pd.Series(True, index=images.index)
-    return _Listing(images, {"nih": labels}, {"nih": yes}, findings, normal, ["follow_up", "official_split"],
+    return _Listing(images, {"nih": labels}, {"nih": yes}, findings, normal, ["follow_up", "official_split", *extra],
                     f"images in {path.name}", note=note, has_uncertain=False)
 
 

@@ -70,6 +70,7 @@ def prepare_data(cfg: RunConfig, *, cache_dir: Path, progress: Callable[[int, in
         group_column=cfg.group_column,
         positive_labels=cfg.positive_labels,
         fold_column=cfg.fold_column,
+        subgroup_columns=cfg.subgroup_columns,
     )
     table = manifest.table.copy()
     table["content_hash"] = ""

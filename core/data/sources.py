@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from core import CxrError
+from core.data.subgroups import level as subgroup_level, parse_columns, variable_name
 
 COLUMNS = ["image_id", "path", "label", "group", "view", "mask_path", "excluded_reason"]
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".pgm", ".dcm", ".dicom"}
@@ -56,6 +57,7 @@ def build_manifest(
     group_column: str = "",
     positive_labels: str = "",
     fold_column: str = "",
+    subgroup_columns: str = "",
 ) -> Manifest:
     """Read any supported source into a Manifest; `source='auto'` decides from what `data` is."""
     root = existing_data_path(data)
@@ -65,9 +67,12 @@ def build_manifest(
     elif kind == "folders":
         manifest = from_class_folders(root)
     elif kind == "csv":
-        manifest = from_csv(root, path_column=path_column, label_column=label_column, group_column=group_column, fold_column=fold_column)
+        manifest = from_csv(root, path_column=path_column, label_column=label_column, group_column=group_column, fold_column=fold_column,
+                            subgroup_columns=subgroup_columns)
     else:
         raise CxrError(f"unknown data source {kind!r}; choose auto, demo, folders or csv")
+    if subgroup_columns.strip() and kind != "csv":
+        raise CxrError("subgroup_columns needs a CSV manifest (columns such as site or scanner); leave it empty for demo or class folders")
     if fold_column and kind != "csv":
         raise CxrError("fold_column needs a CSV manifest (a column of fold numbers); leave it empty for demo or class folders")
     if positive_labels.strip():
@@ -111,8 +116,11 @@ def from_class_folders(root: Path) -> Manifest:
     return Manifest(_table(rows), "folders", str(root), synthetic=False)
 
 
-def from_csv(csv_path: Path, *, path_column: str, label_column: str, group_column: str = "", fold_column: str = "") -> Manifest:
-    """A CSV with user-chosen columns; relative paths are taken relative to the CSV's folder."""
+def from_csv(csv_path: Path, *, path_column: str, label_column: str, group_column: str = "", fold_column: str = "",
+             subgroup_columns: str = "") -> Manifest:
+    """A CSV with user-chosen columns; relative paths are taken relative to the CSV's folder. Subgroup variables
+    (core/data/subgroups.py: `sex`, `age`, `age_band` when present, and `subgroup_columns`) become `sg:<variable>`
+    columns of the manifest, as bands and categories."""
     csv_path = csv_path if csv_path.is_file() else csv_path / "manifest.csv"
     try:
         df = pd.read_csv(csv_path, dtype=str, keep_default_na=False)
@@ -132,6 +140,7 @@ def from_csv(csv_path: Path, *, path_column: str, label_column: str, group_colum
                 f"choose one with --set {setting}=NAME"
             )
     base = csv_path.parent
+    subgroups = parse_columns(subgroup_columns, list(df.columns))
     rows = []
     for rec in df.to_dict("records"):
         raw = rec[path_column].strip()
@@ -150,9 +159,12 @@ def from_csv(csv_path: Path, *, path_column: str, label_column: str, group_colum
         )
         if fold_column:
             rows[-1]["fold"] = rec[fold_column].strip()
+        for column in subgroups:
+            rows[-1][f"sg:{variable_name(column)}"] = subgroup_level(column, rec[column])
     if not rows:
         raise CxrError(f"CSV manifest {csv_path} has no rows")
-    return Manifest(_table(rows, extra=["fold"] if fold_column else []), "csv", str(csv_path), synthetic=False, flow=_read_flow(csv_path))
+    extra = (["fold"] if fold_column else []) + [f"sg:{variable_name(c)}" for c in subgroups]
+    return Manifest(_table(rows, extra=extra), "csv", str(csv_path), synthetic=False, flow=_read_flow(csv_path))
 
 
 def _read_flow(csv_path: Path) -> dict | None:

@@ -71,6 +71,19 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
     parts.append("<p class='muted'>'cross-fitted' thresholds are chosen on the other folds' predictions and applied to each fold, "
                  "an honest estimate of how a threshold transfers; in-sample thresholds are chosen on the same predictions.</p>")
 
+    if any(r["subgroups"] for r in rows):
+        parts.append("<h2>Subgroups</h2>")
+        sub_rows = [[r["name"], g["variable"], g["level"], g["n"], g["n_positive"],
+                     "-" if g["auc"] is None else f"{100 * g['auc']:.2f} ({100 * g['auc_ci_low']:.2f}-{100 * g['auc_ci_high']:.2f})",
+                     _with_ci(g, "sensitivity") if g["sensitivity"] is not None else "-",
+                     _with_ci(g, "specificity") if g["specificity"] is not None else "-",
+                     "-" if g["p_vs_rest"] is None else f"{g['p_vs_rest']:.3f}",
+                     "few cases" if g["small"] else ""] for r in rows for g in r["subgroups"]]
+        parts.append(_table(["run", "variable", "level", "images", "positives", "AUC % (95% CI)", "sensitivity % (95% CI)",
+                             "specificity % (95% CI)", "p (AUC vs rest)", "note"], sub_rows))
+        parts.append("<p class='muted'>Out-of-fold predictions by subgroup, at 0.5; p: unpaired DeLong test against all other "
+                     "images. Groups with fewer than 5 positives or negatives are flagged as few cases.</p>")
+
     parts.append("<h2>Calibration</h2>")
     parts.append("<ul>" + "".join(f"<li><b>{_e(r['name'])}</b>: {_e(figures.calibration_title(r))}</li>" for r in rows) + "</ul>")
     parts.append("<p class='muted'>Logistic recalibration (Wald 95 % intervals). The decision curve below (net benefit against "

@@ -14,6 +14,7 @@ import numpy as np
 
 from core import CxrError
 from core.config import RESULT_NEUTRAL
+from core.results.subgroups import subgroup_rows
 from core.results.stats import (at_threshold, auc_delong, calibration, calibration_fit, decision_curve, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
 from core.results.store import Store
@@ -91,6 +92,7 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
     row["calibration"] = calibration(y, scores)
     row.update(calibration_fit(y, scores))  # brier, calibration_intercept and _slope with their intervals
     row["decision_curve"] = decision_curve(y, scores)
+    row["subgroups"] = subgroup_rows(y, scores, preds["image_id"].tolist(), store.subgroup_levels(run))
     if len(classes) > 2:
         from sklearn.metrics import roc_auc_score  # here only: importing sklearn (with scipy.stats) costs the first page visit about 0.9 s
 
@@ -218,10 +220,14 @@ def to_html(rows: list[dict]) -> str:
 
 
 def to_json(rows: list[dict]) -> str:
-    def clean(v):
+    def clean(v):  # NaN is not JSON: null, at any depth (subgroup rows, decision-curve points)
         if isinstance(v, float) and not np.isfinite(v):
             return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
         return v
 
-    out = [{k: clean(v) for k, v in r.items()} for r in rows]
+    out = [clean(r) for r in rows]
     return json.dumps(out, indent=2)

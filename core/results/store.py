@@ -29,7 +29,7 @@ import pandas as pd
 from core import CxrError
 from core.results.records import RunRecord, RunSummary
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DB_NAME = "runs.duckdb"
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 
@@ -97,7 +97,13 @@ _SCHEMA_V5 = """
 ALTER TABLE folds ADD COLUMN IF NOT EXISTS node VARCHAR;
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5}  # version -> SQL that brings version-1 up to it
+# v6: subgroup variables of each image (core/data/subgroups.py: bands and categories only), for results by subgroup.
+_SCHEMA_V6 = """
+CREATE TABLE IF NOT EXISTS subgroups (
+    dataset_id VARCHAR, image_id VARCHAR, variable VARCHAR, level VARCHAR, PRIMARY KEY (dataset_id, image_id, variable));
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5, 6: _SCHEMA_V6}  # version -> SQL that brings version-1 up to it
 
 
 class DiskFullError(CxrError):
@@ -282,6 +288,15 @@ class Store:
                 "excluded_reason, content_hash FROM new_images"
             )
             con.unregister("new_images")
+            # the manifest's subgroup columns (`sg:<variable>`), one row per image and variable
+            columns = [c for c in table.columns if c.startswith("sg:")]
+            con.execute("DELETE FROM subgroups WHERE dataset_id = ?", [dataset_id])
+            if columns:
+                long = table.melt(id_vars=["image_id"], value_vars=columns, var_name="variable", value_name="level")
+                long = long.assign(dataset_id=dataset_id, variable=long["variable"].str.removeprefix("sg:"))
+                con.register("new_subgroups", long[["dataset_id", "image_id", "variable", "level"]])
+                con.execute("INSERT OR REPLACE INTO subgroups SELECT * FROM new_subgroups")
+                con.unregister("new_subgroups")
 
     def create_run(self, run_id: str, **fields_: Any) -> None:
         row = {"run_id": run_id, "status": "running", "created_at": now(), **fields_}
@@ -428,6 +443,16 @@ class Store:
         """(fold, label_index, prob_positive) of one image's out-of-fold prediction, or None when the run has none for it."""
         rows = self.rows("SELECT fold, label_index, prob_positive FROM predictions WHERE run_id = ? AND image_id = ?", [run_id, image_id])
         return rows[0] if rows else None
+
+    def subgroup_levels(self, run: RunRecord) -> pd.DataFrame:
+        """(image_id, variable, level) of a run's predicted images: the data set's subgroup columns, and the view where the
+        images have one (the variables in the order the manifest gave them, view last)."""
+        return self.query(
+            "SELECT s.image_id, s.variable, s.level FROM subgroups s JOIN predictions p ON p.image_id = s.image_id "
+            "WHERE s.dataset_id = ? AND p.run_id = ? "
+            "UNION ALL SELECT i.image_id, 'view' AS variable, i.view AS level FROM images i JOIN predictions p ON p.image_id = i.image_id "
+            "WHERE i.dataset_id = ? AND p.run_id = ? AND coalesce(i.view, '') <> ''",
+            [run.dataset_id, run.run_id, run.dataset_id, run.run_id])
 
     def iterations(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM iterations WHERE run_id = ? ORDER BY fold, phase, iteration", [run_id])

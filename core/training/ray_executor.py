@@ -220,7 +220,11 @@ def train_on_ray(plans: list, *, store: Store, progress=None) -> list:
         where = describe_cluster(summary)
         emit({"event": "note", "text": f"{where} ({', '.join(summary['hosts'])}); "
                                        f"{sum(len(p.todo) for p in plans)} fold tasks for {len(plans)} run(s)"})
-        sink = _sink_class(ray).remote()
+        # on the driver's own node: a worker node that leaves the cluster must not take the progress rows' mailbox with it
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+        sink = _sink_class(ray).options(scheduling_strategy=here, max_restarts=-1).remote()
         task = ray.remote(_fold_task)
         pending: dict = {}  # ObjectRef -> (run_id, fold)
         states: dict[str, _RunState] = {}
@@ -241,7 +245,12 @@ def train_on_ray(plans: list, *, store: Store, progress=None) -> list:
         results: dict[str, RunResult] = {}
 
         def drain() -> None:
-            for row in ray.get(sink.drain.remote()):
+            try:
+                rows = ray.get(sink.drain.remote(), timeout=30)
+            except Exception as exc:  # noqa: BLE001 - live rows only: each fold's result carries all of them anyway
+                log.warning("progress rows could not be read this time (%s); the folds' results will carry them", exc)
+                return
+            for row in rows:
                 if row["run_id"] in states and states[row["run_id"]].error is None:
                     buffer.add(row)
             buffer.flush()

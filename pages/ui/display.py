@@ -114,6 +114,22 @@ def rates_table(rates: dict) -> pd.DataFrame:
                          for key, label in RATES.items()])
 
 
+def subgroup_table(rows: list[dict]) -> pd.DataFrame:
+    """core.results.subgroups rows as the Runs page shows them: counts, AUC and rates with intervals, p against the rest,
+    and a note where a group is too small for its interval to mean much (flagged, not hidden)."""
+    def p(v):
+        return MISSING if _missing(v) else ("< 0.001" if v < 0.001 else f"{v:.3f}")
+
+    return pd.DataFrame([{
+        "variable": r["variable"], "level": r["level"], "images": r["n"], "positives": r["n_positive"],
+        "AUC %": auc(r["auc"]), "AUC 95 % CI": interval(r["auc_ci_low"], r["auc_ci_high"], 2),
+        "sensitivity %": pct(r["sensitivity"]), "sensitivity 95 % CI": interval(r["sensitivity_ci_low"], r["sensitivity_ci_high"]),
+        "specificity %": pct(r["specificity"]), "specificity 95 % CI": interval(r["specificity_ci_low"], r["specificity_ci_high"]),
+        "p (AUC vs rest)": p(r["p_vs_rest"]),
+        "note": ("no AUC: one class only" if r["auc"] is None else "") or ("few cases: wide, unreliable intervals" if r["small"] else ""),
+    } for r in rows])
+
+
 TABLE3_KEY = ("AUC % (95% CI, DeLong)", "sensitivity % (95% CI)", "specificity % (95% CI)", "DeLong p vs first", "Holm p")
 
 
