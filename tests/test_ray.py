@@ -213,28 +213,28 @@ cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1, "include
 worker = cluster.add_node(num_cpus=1)
 cluster.wait_for_nodes()
 ray.init(address=cluster.address, include_dashboard=False, log_to_driver=False, runtime_env={{"env_vars": {{"PYTHONPATH": {str(ROOT)!r}}}}})
-cfg = tiny_config({str(data)!r}, batch_size=8, folds=4, max_iterations=6, eval_every=3, gradcam=False, executor="ray")
+cfg = tiny_config({str(data)!r}, batch_size=8, folds=4, max_iterations=40, eval_every=20, gradcam=False, executor="ray")
 store = Store({str(tmp_path / 'runs')!r})
 run_cross_validation(cfg, store=store, run_id="two")
-print(json.dumps(sorted(set(store.folds("two")["node"]))))
-print(store.run("two")["device"])
+result = {{"nodes": sorted(set(store.folds("two")["node"])), "device": store.run("two")["device"]}}
 done = threading.Event()
 threading.Thread(target=lambda: (run_cross_validation(cfg, store=store, run_id="lost"), done.set()), daemon=True).start()
 while store.query("SELECT run_id FROM iterations WHERE run_id = 'lost'").empty:  # folds are training
     time.sleep(0.2)
 cluster.remove_node(worker)
 done.wait(240)
-print(store.run("lost")["status"])
-print(json.dumps(sorted(set(store.folds("lost")["node"]))))
+result.update(status=store.run("lost")["status"], after=sorted(set(store.folds("lost")["node"])))
+print("RESULT " + json.dumps(result))
 ray.shutdown()
 cluster.shutdown()
 """)
     out = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
-    nodes, device, status, after = out.stdout.strip().splitlines()[-4:]
-    assert len(json.loads(nodes)) == 2, nodes
-    assert device.startswith("ray: 2 nodes, 2 CPUs")
-    assert status == "finished"
+    result = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
+    assert len(result["nodes"]) == 2, result
+    assert result["device"].startswith("ray: 2 nodes, 2 CPUs")
+    assert result["status"] == "finished", result
+    assert len(result["after"]) == 1, result  # the worker left mid-fold: every fold of the second run ended on the head
     store = Store(tmp_path / "runs")
     assert_same_rows(store, "two", store, "lost")  # the folds that ran again trained exactly as the first time
 

@@ -154,8 +154,11 @@ class Store:
             try:
                 con = duckdb.connect(str(self.path), read_only=read_only)
                 break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+            except (duckdb.IOException, duckdb.ConnectionException) as exc:
+                # another process holds the file's lock, or this one has it open the other way (read-only against
+                # read-write: DuckDB refuses "a different configuration" in one process) for one short transaction
+                busy = "lock" in str(exc).lower() or "different configuration" in str(exc).lower()
+                if not busy or time.monotonic() > deadline:
                     raise CxrError(f"cannot open the run store {self.path}: {exc}") from None
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.5)

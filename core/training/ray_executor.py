@@ -58,6 +58,8 @@ def ray_session(address: str) -> Iterator:
     if ray.is_initialized():
         yield ray
         return
+    if address and address != "auto":
+        _check_reachable(address)
     options = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
     try:
         if address:
@@ -71,6 +73,18 @@ def ray_session(address: str) -> Iterator:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """HOST:PORT answers a TCP connection, or a one-line error at once (ray.init would keep retrying for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise CxrError(f"ray_address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379) or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise CxrError(f"could not reach a Ray cluster at {address!r} ({exc.strerror or exc}); start one with `ray start --head`, "
+                       "or leave ray_address empty for a private instance on this machine") from None
 
 
 def cluster_summary(ray) -> dict:
