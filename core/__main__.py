@@ -109,6 +109,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     predict.add_argument("--threshold", type=float, default=0.5)
     _common(predict)
 
+    validate = sub.add_parser("validate", help="external validation: a finished run's fold models on another data set with the same classes")
+    validate.add_argument("run_id", help="a finished run that kept its fold models (save_models=true)")
+    validate.add_argument("--data", required=True, help="the other data set: a demo folder, class folders or a CSV manifest")
+    validate.add_argument("--name", default="", help="a name for the evaluation (default: the data folder's name)")
+    validate.add_argument("--set", dest="sets", action="append", default=[], metavar="FIELD=VALUE",
+                          help="data settings of the other data set (path_column, label_column, positive_labels, subgroup_columns, ...)")
+    validate.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
+    _common(validate)
+
     cluster = sub.add_parser("cluster", help="the Ray cluster's nodes, CPUs and GPUs, in all and free now, as JSON (for --executor ray)")
     cluster.add_argument("--ray-address", default="", metavar="ADDRESS",
                          help="auto or HOST:PORT of a running cluster; '' (default) starts a private instance here to show this machine")
@@ -154,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"demo-data": cmd_demo_data, "cohort": cmd_cohort, "run": cmd_run, "resume": cmd_resume, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
                 "settings": cmd_settings, "bench": cmd_bench, "weights": cmd_weights,
-                "cluster": cmd_cluster}[args.command](args)
+                "cluster": cmd_cluster, "validate": cmd_validate}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -441,6 +450,32 @@ def cmd_weights(args: argparse.Namespace) -> int:
         file = download_imagenet(name, url=args.url, progress=not args.no_progress)
         print(f"ImageNet weights for {name}: {file}", file=sys.stderr)
         print(file)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Prints the evaluation id on stdout, its figures against the run's out-of-fold ones on stderr."""
+    from core.config import RunConfig, apply_overrides
+    from core.data.sources import existing_data_path
+    from core.results.store import Store, default_runs_dir
+
+    existing_data_path(args.data)
+    apply_overrides(RunConfig(), args.sets)  # a typo in a setting is answered before torch is imported
+    from core.results.report import run_row
+    from core.training.validate import validate_run
+
+    store = Store(args.runs_dir or default_runs_dir())
+    evaluation_id = validate_run(store, args.run_id, args.data, name=args.name, sets=args.sets)
+    row, _, _ = run_row(store, args.run_id)
+    ext = next(e for e in row["external"] if e["evaluation_id"] == evaluation_id)
+
+    def auc(r):
+        return "n/a" if r["auc"] is None else f"{100 * r['auc']:.2f} % ({100 * r['auc_ci_low']:.2f}-{100 * r['auc_ci_high']:.2f})"
+
+    print(f"internal (out of fold): AUC {auc(row)}, {row['n_images']} images; external {ext['name']}: AUC {auc(ext)}, "
+          f"{ext['n_images']} images, sensitivity {100 * ext['sensitivity']:.1f} %, specificity {100 * ext['specificity']:.1f} %"
+          + ("" if ext["p_vs_internal"] is None else f"; p (external vs internal AUC) {ext['p_vs_internal']:.3g}"), file=sys.stderr)
+    print(evaluation_id)
     return 0
 
 

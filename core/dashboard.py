@@ -58,6 +58,12 @@ def store_version(runs_dir: Path) -> tuple[int, ...]:
     return Store(Path(runs_dir)).version()
 
 
+def evaluation_ids(runs_dir: Path, run_id: str) -> tuple[str, ...]:
+    """A run's external validations (one small query): part of what a cached run detail is keyed on."""
+    df = Store(Path(runs_dir)).query("SELECT evaluation_id FROM evaluations WHERE run_id = ? ORDER BY created_at", [run_id])
+    return tuple(df["evaluation_id"]) if not df.empty else ()
+
+
 def finished_runs(runs_dir: Path) -> list[RunSummary]:
     """The finished runs, newest first, to choose among (one light query)."""
     return Store(Path(runs_dir)).run_summaries(status="finished")

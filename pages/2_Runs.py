@@ -15,12 +15,12 @@ import streamlit as st
 
 from core import CxrError
 from core.results import figures
-from core.dashboard import delete_run, disk_used, predictions_csv, run_detail, threshold_rates, update_run_labels
-from core.jobs.launch import start_resume
-from core.safety import demo_mode
+from core.dashboard import delete_run, disk_used, evaluation_ids, predictions_csv, run_detail, threshold_rates, update_run_labels
+from core.jobs.launch import start_resume, start_validate
+from core.safety import check_data_path, demo_mode
 from pages import page_setup
 from pages.ui import display
-from pages.ui.cached import finished_runs, run_record, unfinished_runs
+from pages.ui.cached import finished_runs, predictable_runs, run_record, unfinished_runs
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
@@ -103,7 +103,7 @@ if not options:
 run_id = st.selectbox("Run", list(options), format_func=options.get, key="runs_run")
 try:
     record = run_record(RUNS_DIR, run_id)
-    d = detail(str(RUNS_DIR), run_id, (record.status, record.name, record.tags, record.notes))
+    d = detail(str(RUNS_DIR), run_id, (record.status, record.name, record.tags, record.notes, evaluation_ids(RUNS_DIR, run_id)))
 except CxrError as exc:
     st.error(str(exc))
     st.stop()
@@ -153,6 +153,33 @@ if row["subgroups"]:
 else:
     st.caption("No subgroup variables for this data set: a CSV manifest's sex, age or age_band columns are used when present "
                "(cohort manifests have them), views when the images have one, and any column named in subgroup_columns.")
+
+st.subheader("External validation")
+if row["external"]:
+    st.caption("The run's fold models (their mean probability) on other data sets with the same classes, beside its own "
+               "out-of-fold result; p: unpaired DeLong test of the external AUC against the internal one. How the data "
+               "differ: prevalence and views.")
+    st.dataframe(display.external_table(row), hide_index=True, width="stretch")
+    st.plotly_chart(figures.decision_curve(row["external"][-1]["decision_curve"],
+                                           title=f"Decision curve on {row['external'][-1]['name']} (external)"), width="stretch")
+if not DEMO:
+    if run_id not in predictable_runs(RUNS_DIR):
+        st.caption("External validation needs the run's fold models: start runs with save_models on (the Train page's default).")
+    else:
+        with st.form("runs_validate"):
+            left, right = st.columns([3, 1])
+            other = left.text_input("Validate on another data set (same classes)", key="runs_validate_data",
+                                    placeholder="a demo folder, class folders or a CSV manifest",
+                                    help="Every image goes through the run's fold models; none of them saw it.")
+            eval_name = right.text_input("Name", key="runs_validate_name", max_chars=80, placeholder="e.g. hospital B")
+            if st.form_submit_button("Start validation"):
+                try:
+                    check_data_path(other)
+                    start_validate(run_id, other, runs_dir=RUNS_DIR, name=eval_name.strip())
+                except CxrError as exc:
+                    st.error(str(exc))
+                else:
+                    st.success("Validating in the background; the result shows here when it is stored (reload the page).")
 
 curves_section(d["curve"])
 

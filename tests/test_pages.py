@@ -406,7 +406,7 @@ def test_export_report_is_one_offline_file_with_tables_figures_and_escaped_names
     store.update_run(result.run_id, notes="<script>alert(1)</script>")
     page = comparison_report_html(store.runs_dir, [result.run_id], gallery_size=4)
     assert page.count("<script>alert(1)</script>") == 0 and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
-    assert "<script src=" not in page and page.count("Plotly.newPlot(") == 6  # confusion, ROC, forest, calibration, 2 curves
+    assert "<script src=" not in page and page.count("Plotly.newPlot(") == 7  # confusion, ROC, forest, calibration, decision curve, 2 curves
     assert page.count("<table>") == page.count("<div class=wide><table>") > 0  # wide tables scroll in their box, not off the page
     assert f"{100 * result.metrics['auc']:.2f}" in page  # the pooled AUC of Table 3
     assert "<img src='data:image/png;base64," in page  # Grad-CAM examples embedded, not linked

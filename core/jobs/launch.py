@@ -24,7 +24,7 @@ from core.jobs.lifecycle import ACTIVE, check_resumable, identify, is_alive, run
 from core.safety import refuse_in_demo_mode
 from core.results.store import Store
 
-__all__ = ["start_run", "start_sweep", "start_resume", "cancel", "is_alive", "log_tail", "cluster_status"]
+__all__ = ["start_run", "start_sweep", "start_resume", "start_validate", "cancel", "is_alive", "log_tail", "cluster_status"]
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository, where `python -m core` runs
 
@@ -104,6 +104,14 @@ def cancel(runs_dir: Path, run_id: str) -> bool:
 def log_tail(runs_dir: Path, run_id: str, lines: int = 20) -> str:
     log = Path(runs_dir) / "jobs" / f"{run_id}.log"
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.is_file() else ""
+
+
+def start_validate(run_id: str, data: str, *, runs_dir: Path, name: str = "") -> int:
+    """`python -m core validate RUN_ID --data DATA` in the background (log: runs/jobs/validate-<run_id>.log); returns its pid.
+    The evaluation shows on the Runs page when it is stored."""
+    refuse_in_demo_mode("starting an external validation")
+    return _spawn(["validate", run_id, "--data", data, "--name", name, "--runs-dir", str(runs_dir)], runs_dir=runs_dir,
+                  log_name=f"validate-{run_id}")
 
 
 def cluster_status(address: str, *, timeout_s: float = 90.0) -> dict:

@@ -84,6 +84,20 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         parts.append("<p class='muted'>Out-of-fold predictions by subgroup, at 0.5; p: unpaired DeLong test against all other "
                      "images. Groups with fewer than 5 positives or negatives are flagged as few cases.</p>")
 
+    if any(r["external"] for r in rows):
+        parts.append("<h2>External validation</h2>")
+        ext_rows = []
+        for r in rows:
+            for label, e in [("internal (out of fold)", {**r, "p_vs_internal": None}), *[(e["name"], e) for e in r["external"]]]:
+                ext_rows.append([r["name"], label, e["n_images"], "-" if e["auc"] is None else
+                                 f"{100 * e['auc']:.2f} ({100 * e['auc_ci_low']:.2f}-{100 * e['auc_ci_high']:.2f})",
+                                 _with_ci(e, "sensitivity"), _with_ci(e, "specificity"),
+                                 "-" if e["p_vs_internal"] is None else f"{e['p_vs_internal']:.3f}"])
+        parts.append(_table(["run", "evaluated on", "images", "AUC % (95% CI)", "sensitivity % (95% CI)", "specificity % (95% CI)",
+                             "p (AUC vs internal)"], ext_rows))
+        parts.append("<p class='muted'>External: the run's fold models (mean probability) on another data set with the same "
+                     "classes; p: unpaired DeLong test against the internal out-of-fold AUC.</p>")
+
     parts.append("<h2>Calibration</h2>")
     parts.append("<ul>" + "".join(f"<li><b>{_e(r['name'])}</b>: {_e(figures.calibration_title(r))}</li>" for r in rows) + "</ul>")
     parts.append("<p class='muted'>Logistic recalibration (Wald 95 % intervals). The decision curve below (net benefit against "

@@ -14,6 +14,7 @@ import numpy as np
 
 from core import CxrError
 from core.config import RESULT_NEUTRAL
+from core.results.external import external_rows
 from core.results.subgroups import subgroup_rows
 from core.results.stats import (at_threshold, auc_delong, calibration, calibration_fit, decision_curve, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
@@ -93,6 +94,7 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
     row.update(calibration_fit(y, scores))  # brier, calibration_intercept and _slope with their intervals
     row["decision_curve"] = decision_curve(y, scores)
     row["subgroups"] = subgroup_rows(y, scores, preds["image_id"].tolist(), store.subgroup_levels(run))
+    row["external"] = external_rows(store, run, y, scores, preds["image_id"].tolist())
     if len(classes) > 2:
         from sklearn.metrics import roc_auc_score  # here only: importing sklearn (with scipy.stats) costs the first page visit about 0.9 s
 

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import duckdb
+import numpy as np
 import pandas as pd
 
 from core import CxrError
 from core.results.records import RunRecord, RunSummary
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DB_NAME = "runs.duckdb"
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 
@@ -103,7 +104,17 @@ CREATE TABLE IF NOT EXISTS subgroups (
     dataset_id VARCHAR, image_id VARCHAR, variable VARCHAR, level VARCHAR, PRIMARY KEY (dataset_id, image_id, variable));
 """
 
-MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5, 6: _SCHEMA_V6}  # version -> SQL that brings version-1 up to it
+# v7: external validations of a run (core/training/validate.py): the evaluation and its per-image predictions.
+_SCHEMA_V7 = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    evaluation_id VARCHAR PRIMARY KEY, run_id VARCHAR, name VARCHAR, dataset_id VARCHAR, synthetic BOOLEAN,
+    created_at TIMESTAMP, seconds DOUBLE, artifact VARCHAR, classes VARCHAR);
+CREATE TABLE IF NOT EXISTS evaluation_predictions (
+    evaluation_id VARCHAR, image_id VARCHAR, label_index INTEGER, prob_positive DOUBLE, PRIMARY KEY (evaluation_id, image_id));
+"""
+
+MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5, 6: _SCHEMA_V6,
+                              7: _SCHEMA_V7}  # version -> SQL that brings version-1 up to it
 
 
 class DiskFullError(CxrError):
@@ -373,7 +384,9 @@ class Store:
         import shutil
 
         with self.transaction() as con:
-            for table in ("cams", "predictions", "iterations", "folds", "splits", "runs"):
+            con.execute("DELETE FROM evaluation_predictions WHERE evaluation_id IN (SELECT evaluation_id FROM evaluations WHERE run_id = ?)",
+                        [run_id])
+            for table in ("cams", "predictions", "iterations", "folds", "splits", "evaluations", "runs"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
 
@@ -446,6 +459,33 @@ class Store:
         """(fold, label_index, prob_positive) of one image's out-of-fold prediction, or None when the run has none for it."""
         rows = self.rows("SELECT fold, label_index, prob_positive FROM predictions WHERE run_id = ? AND image_id = ?", [run_id, image_id])
         return rows[0] if rows else None
+
+    def save_evaluation(self, evaluation_id: str, *, run_id: str, image_ids: list[str], label_index, prob_positive, **fields_: Any) -> None:
+        """An external validation and its predictions in one transaction."""
+        preds = pd.DataFrame({"evaluation_id": evaluation_id, "image_id": list(image_ids),
+                              "label_index": np.asarray(label_index, dtype=int), "prob_positive": np.asarray(prob_positive, dtype=float)})
+        row = {"evaluation_id": evaluation_id, "run_id": run_id, **fields_}
+        with self.transaction() as con:
+            con.execute(f"INSERT OR REPLACE INTO evaluations ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+            con.register("new_eval_preds", preds)
+            con.execute("INSERT OR REPLACE INTO evaluation_predictions SELECT evaluation_id, image_id, label_index, prob_positive "
+                        "FROM new_eval_preds")
+            con.unregister("new_eval_preds")
+
+    def evaluations(self, run_id: str) -> pd.DataFrame:
+        """A run's external validations, oldest first."""
+        return self.query("SELECT * FROM evaluations WHERE run_id = ? ORDER BY created_at", [run_id])
+
+    def evaluation_predictions(self, evaluation_id: str) -> pd.DataFrame:
+        return self.query("SELECT image_id, label_index, prob_positive FROM evaluation_predictions WHERE evaluation_id = ? "
+                          "ORDER BY image_id", [evaluation_id])
+
+    def dataset_levels(self, dataset_id: str, image_ids: list[str]) -> pd.DataFrame:
+        """(image_id, variable, level) of a data set's images, its subgroup columns and views (as subgroup_levels)."""
+        levels = self.query("SELECT image_id, variable, level FROM subgroups WHERE dataset_id = ? UNION ALL "
+                            "SELECT image_id, 'view' AS variable, view AS level FROM images WHERE dataset_id = ? AND coalesce(view, '') <> ''",
+                            [dataset_id, dataset_id])
+        return levels[levels["image_id"].isin(set(image_ids))] if not levels.empty else levels
 
     def subgroup_levels(self, run: RunRecord) -> pd.DataFrame:
         """(image_id, variable, level) of a run's predicted images: the data set's subgroup columns, and the view where the

@@ -130,6 +130,25 @@ def subgroup_table(rows: list[dict]) -> pd.DataFrame:
     } for r in rows])
 
 
+def external_table(row: dict) -> pd.DataFrame:
+    """The run's out-of-fold figures, then each external validation's, side by side (report row keys)."""
+    def views(v: dict) -> str:
+        return ", ".join(f"{k} {100 * x:.0f} %" for k, x in v.items()) or MISSING
+
+    def line(label: str, r: dict, p, view: dict) -> dict:
+        return {"evaluated on": label, "images": r["n_images"], "prevalence %": pct(r["prevalence"]),
+                "AUC %": auc(r["auc"]), "AUC 95 % CI": interval(r["auc_ci_low"], r["auc_ci_high"], 2),
+                "sensitivity %": pct(r["sensitivity"]), "specificity %": pct(r["specificity"]),
+                "calibration slope": MISSING if _missing(r.get("calibration_slope")) else f"{r['calibration_slope']:.2f}",
+                "p (AUC vs internal)": MISSING if _missing(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}"), "views": views(view)}
+
+    internal = {**row, "prevalence": next((e["internal_prevalence"] for e in row["external"]), None)}
+    first = row["external"][0] if row["external"] else {}
+    return pd.DataFrame([line("internal (out of fold)", internal, None, first.get("internal_views", {}))]
+                        + [line(e["name"] + (" (synthetic)" if e["synthetic"] else ""), e, e["p_vs_internal"], e["views"])
+                           for e in row["external"]])
+
+
 TABLE3_KEY = ("AUC % (95% CI, DeLong)", "sensitivity % (95% CI)", "specificity % (95% CI)", "DeLong p vs first", "Holm p")
 
 
