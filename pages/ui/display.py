@@ -137,7 +137,9 @@ def external_table(row: dict) -> pd.DataFrame:
 
     def line(label: str, r: dict, p, view: dict) -> dict:
         return {"evaluated on": label, "images": r["n_images"], "prevalence %": pct(r["prevalence"]),
-                "AUC %": auc(r["auc"]), "AUC 95 % CI": interval(r["auc_ci_low"], r["auc_ci_high"], 2),
+                # the AUC and its interval in one column: the table fits a 1440 px screen with the views at its end
+                "AUC % (95 % CI)": f"{auc(r['auc'])} ({interval(r['auc_ci_low'], r['auc_ci_high'], 2).removesuffix(' %')})"
+                if not _missing(r["auc"]) else MISSING,
                 "sensitivity %": pct(r["sensitivity"]), "specificity %": pct(r["specificity"]),
                 "calibration slope": MISSING if _missing(r.get("calibration_slope")) else f"{r['calibration_slope']:.2f}",
                 "p (AUC vs internal)": MISSING if _missing(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}"), "views": views(view)}
