@@ -100,3 +100,13 @@ def test_adam_ignores_the_momentum_setting_and_sgdm_reads_it():
 
     assert ignored_by_optimizer("adam") == {"momentum"} and ignored_by_optimizer("sgdm") == set()
     assert set(OPTIMIZERS) == {"sgdm", "adam"}  # a new optimiser must say here what it ignores
+
+
+def test_a_fold_reserves_one_gpu_where_the_cluster_has_them_or_the_fraction_asked_for():
+    from core.training.ray_executor import gpus_per_fold
+
+    assert gpus_per_fold(RunConfig(), cluster_gpus=8) == 1.0  # -1: one GPU per fold on a GPU cluster
+    assert gpus_per_fold(RunConfig(), cluster_gpus=0) == 0.0  # and none on a CPU-only one
+    assert gpus_per_fold(RunConfig(gpus_per_fold=0.5), cluster_gpus=1) == 0.5  # two folds share a GPU
+    with pytest.raises(CxrError, match="gpus_per_fold"):
+        RunConfig(gpus_per_fold=-2)
