@@ -84,6 +84,8 @@ def test_a_run_on_ray_stores_the_rows_of_a_local_run(ray_instance, data, tmp_pat
     run = remote.run("b")
     assert run["status"] == "finished" and run["device"].startswith("ray: 1 node, 2 CPUs, 0 GPUs")
     assert all("ray node" in n for n in remote.folds("b")["node"])  # where each fold ran
+    # each fold's start is stamped by its worker when it began, not when the driver submitted all three at once
+    assert remote.folds("b")["started_at"].nunique() == 3
     assert local.folds("a")["node"].notna().all()
 
 

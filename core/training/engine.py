@@ -503,7 +503,9 @@ def write_fold(store: Store, run_id: str, result: FoldResult, *, started) -> Non
         target = store.run_dir(run_id) / f"fold_{fold}.pt"
         target.parent.mkdir(parents=True, exist_ok=True)
         torch.save(result.model_state, target)
-    store.save_fold(run_id, {**result.row, "node": result.node, "started_at": started, "finished_at": now()}, result.predictions, cam_rows)
+    # a Ray worker stamps when its fold really began (its task may have waited in the queue since `started`)
+    store.save_fold(run_id, {**result.row, "node": result.node, "started_at": result.row.get("started_at", started), "finished_at": now()},
+                    result.predictions, cam_rows)
 
 
 def _finish(cfg: RunConfig, data: PreparedData, run_id: str, store: Store, *, train_seconds: float, total_seconds: float, weights_used: str) -> RunResult:

@@ -170,6 +170,7 @@ def _fold_task(cfg_json: str, data: PreparedData, fold_of: np.ndarray, fold: int
     from core.training.engine import resolve_device, train_pack_results
     from core.training.runtime import setup_device
 
+    began = now()  # the fold's started_at: not when the driver submitted it (time-left estimates use fold wall times)
     cfg = RunConfig.from_json(cfg_json)
     device = torch.device("cuda") if ray.get_gpu_ids() and cfg.device != "cpu" else resolve_device("cpu" if cfg.device == "auto" else cfg.device)
     # as many threads as the CPUs the task reserved (0 = "the physical cores" would have every task on a node use all of them)
@@ -189,6 +190,7 @@ def _fold_task(cfg_json: str, data: PreparedData, fold_of: np.ndarray, fold: int
         pusher.flush()
     result = results[0]
     result.node = node
+    result.row["started_at"] = began
     result.curve = [dict(r) for r in result.curve]
     return result
 
