@@ -22,6 +22,11 @@ DEVICES = ("auto", "cpu", "cuda")
 EXECUTORS = ("local", "ray")
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "on", "off")
+# Heat maps: the study's Grad-CAM on the last block, or LayerCAM on the block before it (finer: measured to point at
+# a basal effusion far more often in the quick demo; docs/benchmarks.md, "Heat maps in the quick demo").
+CAM_METHODS = ("gradcam", "layercam")
+# Input pixels per heat-map cell, the same for every backbone (tests/test_explain.py checks each model's layers).
+CAM_CELL_PX = {"gradcam": 32, "layercam": 16}
 # weights: a name, or a path to a local state-dict file.
 NAMED_WEIGHTS = ("imagenet", "auto", "none")
 # Trainable parameters of each backbone with a two-class head, in millions (counted from torchvision's models,
@@ -89,6 +94,10 @@ class RunConfig:
     gradcam: bool = _f(True, "Compute Grad-CAM heat maps of each fold's held-out images after training.")
     gradcam_max: int = _f(100, "At most this many held-out images per fold get heat maps (0 = all); the cap keeps TP, FP, FN and TN.", min=0)
     gradcam_size: int = _f(64, "Stored heat-map side in pixels (the gallery upsamples).", min=8, max=512)
+    gradcam_method: str = _f("gradcam", "gradcam: Grad-CAM on the last convolutional block, as the study (cells of 32 px); layercam: LayerCAM "
+                             "on the block before it (cells of 16 px, twice as fine).", choices=CAM_METHODS)
+    gradcam_flip: bool = _f(False, "Average each heat map with the map of the mirrored image, mirrored back (twice the heat-map time; "
+                            "steadier maps).")
 
     # --- execution ------------------------------------------------------------------------
     device: str = _f("auto", "auto (CUDA when present), cpu or cuda.", choices=DEVICES)
@@ -150,7 +159,8 @@ RESULT_NEUTRAL = frozenset({"device", "num_threads", "torch_compile", "cuda_grap
 _DATA_FIELDS = frozenset({"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column",
                           "subgroup_columns"})
 _SHORT = {"learning_rate": "lr", "max_iterations": "iters", "max_epochs": "epochs", "batch_size": "batch", "weight_decay": "wd",
-          "head_lr_factor": "head lr x", "image_size": "px", "optimizer": "", "backbone": "", "precision": ""}
+          "head_lr_factor": "head lr x", "image_size": "px", "optimizer": "", "backbone": "", "precision": "",
+          "gradcam_method": "", "gradcam_flip": "mirrored maps"}
 
 
 def _value_text(value: Any) -> str:
@@ -218,8 +228,19 @@ PRESETS: dict[str, dict[str, Any]] = {
         "augment": False,
         "folds": 5,
         "eval_every": 10,
+        # Grad-CAM's 2 x 2 map at 64 px pointed at the effusion in 64 % of positives (chance 41 %); LayerCAM's 4 x 4
+        # map averaged with its mirror image in 90 % (chance 18 %), for about 10 s more (docs/benchmarks.md).
+        "gradcam_method": "layercam",
+        "gradcam_flip": True,
     },
 }
+
+
+def heat_map_text(cfg: RunConfig) -> str:
+    """How a run's heat maps were made, for captions: the method, its layer and the map's cells at the run's input size."""
+    cells = max(1, cfg.image_size // CAM_CELL_PX[cfg.gradcam_method])
+    method = ("LayerCAM on the block before the last" if cfg.gradcam_method == "layercam" else "Grad-CAM on the last block")
+    return f"{method} of {cfg.backbone}, {cells} x {cells} cells" + (", averaged with the mirrored image's map" if cfg.gradcam_flip else "")
 
 
 def preset(name: str) -> RunConfig:
@@ -236,7 +257,7 @@ SECTIONS: dict[str, list[str]] = {
     "Optimisation": ["optimizer", "learning_rate", "momentum", "weight_decay", "batch_size", "max_iterations", "max_epochs", "eval_every"],
     "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],
     "Cross-validation": ["folds", "group_by_patient", "seed", "positive_class"],
-    "Grad-CAM": ["gradcam", "gradcam_max", "gradcam_size"],
+    "Grad-CAM": ["gradcam", "gradcam_method", "gradcam_flip", "gradcam_max", "gradcam_size"],
     "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "cuda_graphs", "parallel_folds", "save_models", "eval_batch_size"],
     "Scale-out (Ray)": ["executor", "ray_address", "gpus_per_fold", "cpus_per_fold"],
 }

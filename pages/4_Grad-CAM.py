@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
+from core.config import heat_map_text
 from core.dashboard import cams_for, gallery
 from core.results.overlay import COLOUR_BAR_CAPTION, colour_bar, mask_outline, overlay
 from pages import page_setup
@@ -61,10 +62,9 @@ except CxrError as exc:
 if record.synthetic:
     st.warning("SYNTHETIC demo phantom images, not real radiographs. Research tool, not a diagnosis.")
 if record.pointing_game is not None:
-    cells = max(1, record.config.image_size // 32)
     st.caption(f"Localisation over positives with masks: pointing game {100 * record.pointing_game:.0f} % "
                f"(chance {100 * (record.pointing_chance or 0):.0f} %), heat-map energy in mask {100 * (record.energy_in_mask or 0):.1f} % "
-               f"(chance {100 * (record.energy_chance or 0):.1f} %). Map: {record.config.backbone} last block, {cells} x {cells} cells.")
+               f"(chance {100 * (record.energy_chance or 0):.1f} %). Maps: {heat_map_text(record.config)}.")
 if not items:
     st.info("No heat maps for this choice (the run may have been made with gradcam=false).")
     st.stop()

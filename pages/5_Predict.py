@@ -14,10 +14,11 @@ from pathlib import Path
 import streamlit as st
 
 from core import CxrError
+from core.config import heat_map_text
 from core.dashboard import dataset_images, held_out_prediction
 from core.results.overlay import COLOUR_BAR_CAPTION, colour_bar, overlay
 from pages import page_setup
-from pages.ui.cached import predictable_runs
+from pages.ui.cached import predictable_runs, run_record
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
@@ -39,12 +40,13 @@ def predict(runs_dir: str, run_id: str, data: bytes):
 
 
 @st.fragment
-def heat_map(p) -> None:
+def heat_map(p, how: str) -> None:
     opacity = st.slider("Heat-map opacity", 0.0, 1.0, 0.45, 0.05, key="predict_opacity")
     left, right = st.columns(2)
     left.image(p.gray, caption="as the model saw it", width="stretch")
-    right.image(overlay(p.gray, (p.cam * 255).astype("uint8"), opacity=opacity), caption=f"Grad-CAM for {p.positive_class}",
+    right.image(overlay(p.gray, (p.cam * 255).astype("uint8"), opacity=opacity), caption=f"Heat map for {p.positive_class}",
                 width="stretch")
+    right.caption(f"{how}; the mean of the fold models' maps.")
     right.image(colour_bar(), width="stretch")
     right.caption(COLOUR_BAR_CAPTION)
 
@@ -86,4 +88,4 @@ if held_out is not None:  # an image of the run's own data set: the honest numbe
     st.info(f"True label: **{held_out['true_class']}**. Out of fold: P({held_out['positive_class']}) = "
             f"**{held_out['prob_positive']:.3f}** from fold {held_out['fold'] + 1}'s model, the one that never saw this image. "
             f"The other {held_out['folds'] - 1} fold models trained on it, so the ensemble's probability above is optimistic here.")
-heat_map(p)
+heat_map(p, heat_map_text(run_record(RUNS_DIR, run_id).config))

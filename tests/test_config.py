@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from core import CxrError
@@ -16,12 +18,22 @@ def test_paper_preset_is_the_study_protocol():
     assert (cfg.optimizer, cfg.momentum, cfg.weight_decay, cfg.learning_rate) == ("sgdm", 0.9, 1e-4, 1e-4)
     assert (cfg.head_lr_factor, cfg.batch_size, cfg.max_iterations, cfg.max_epochs, cfg.folds) == (10.0, 25, 250, 64, 10)
     assert cfg.augment and cfg.aug_prob == 0.5 and not cfg.freeze_backbone
+    assert (cfg.gradcam_method, cfg.gradcam_flip) == ("gradcam", False)  # the study's Grad-CAM on the last block
 
 
 def test_quick_preset_trains_offline_with_a_small_model():
     cfg = preset("quick")
     assert cfg.weights == "auto"  # ImageNet when cached, else from scratch
     assert cfg.backbone == "resnet18" and cfg.image_size <= 128
+    # at 64 px Grad-CAM's map is 2 x 2; LayerCAM's 4 x 4 map, mirror-averaged, is the one that points (measured)
+    assert (cfg.gradcam_method, cfg.gradcam_flip) == ("layercam", True)
+
+
+def test_a_run_stored_before_the_heat_map_method_existed_reads_as_the_grad_cam_it_was_made_with():
+    stored = json.loads(RunConfig().to_json())
+    del stored["gradcam_method"], stored["gradcam_flip"]
+    cfg = RunConfig.from_dict(stored)
+    assert (cfg.gradcam_method, cfg.gradcam_flip) == ("gradcam", False)
 
 
 def test_every_preset_is_valid():

@@ -7,14 +7,34 @@ import pytest
 import torch
 from torch import nn
 
-from core.training.explain import cam_layer, cams_and_probs, grad_cams, localisation, pick_for_gallery
+from core.config import CAM_CELL_PX
+from core.training.explain import cam_layer, cam_target, cams_and_probs, grad_cams, localisation, pick_for_gallery
 from core.training.models import BACKBONES, build_model
 from core.training.train import predict_probs
 
 
-def test_resnets_use_the_last_block_of_layer4():
+def test_resnets_use_the_last_block_of_layer4_for_gradcam_and_of_layer3_for_layercam():
     model, _ = build_model("resnet18", 2, "none")
     assert cam_layer(model, "resnet18") is model.layer4[-1]
+    assert cam_layer(model, "resnet18", "gradcam") is model.layer4[-1]
+    assert cam_layer(model, "resnet18", "layercam") is model.layer3[-1]
+    with pytest.raises(ValueError, match="layercam"):
+        cam_target("resnet18", "scorecam")
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+def test_each_layer_has_the_stride_the_localisation_scores_assume(backbone, method):
+    """The pointing game's cell is the declared stride: a 64 px image must give a map of 64 / stride cells a side."""
+    model, _ = build_model(backbone, 2, "none")
+    path, stride = cam_target(backbone, method)
+    seen = []
+    handle = cam_layer(model, backbone, method).register_forward_hook(lambda _m, _i, out: seen.append(out.shape[-2:]))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, 64, 64))
+    handle.remove()
+    assert tuple(seen[0]) == (64 // stride, 64 // stride), path
+    assert stride == CAM_CELL_PX[method]  # what the pages' captions quote
 
 
 class _Probe(nn.Module):
@@ -31,13 +51,21 @@ class _Probe(nn.Module):
         return torch.stack([-mean, mean], dim=1)
 
 
-def test_cams_are_aligned_with_the_image_not_flipped_or_shifted(monkeypatch):
-    import core.training.explain as explain
+@pytest.mark.parametrize("method", ["gradcam", "layercam"])
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("one_pass", [False, True])
+def test_cams_are_aligned_with_the_image_not_flipped_or_shifted(monkeypatch, method, flip, one_pass):
+    """Also with the mirror average: a map of the mirrored image not mirrored back would light the patch's mirror."""
+    import core.training.models as models
 
-    monkeypatch.setattr(explain, "BACKBONES", {"probe": type("B", (), {"cam_layer": "layer4.0", "cam_stride": 1})()})
+    probe = models.Backbone("head", "layer4.0", "layer4.0", cam_stride=1, fine_stride=1)
+    monkeypatch.setitem(models.BACKBONES, "probe", probe)
     img = torch.zeros((1, 16, 16), dtype=torch.uint8)
     img[0, 2:5, 10:14] = 255  # an off-centre, asymmetric bright patch: top, right
-    cams = grad_cams(_Probe(), "probe", img, [1], torch.device("cpu"))
+    if one_pass:
+        cams, _ = cams_and_probs(_Probe(), "probe", img, [1], torch.device("cpu"), method=method, flip=flip)
+    else:
+        cams = grad_cams(_Probe(), "probe", img, [1], torch.device("cpu"), method=method, flip=flip)
     assert cams.shape == (1, 16, 16)
     assert cams[0, 2:5, 10:14].min() > 0.9
     outside = np.ones((16, 16), bool)
@@ -45,20 +73,22 @@ def test_cams_are_aligned_with_the_image_not_flipped_or_shifted(monkeypatch):
     assert cams[0][outside].max() < 0.1
 
 
-@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+@pytest.mark.parametrize(("backbone", "method", "flip"), [(b, "gradcam", False) for b in sorted(BACKBONES)]
+                         + [(b, "layercam", True) for b in sorted(BACKBONES)] + [("resnet18", "layercam", False), ("resnet18", "gradcam", True)])
 @pytest.mark.slow
-def test_the_one_pass_maps_and_probabilities_equal_the_librarys_and_a_plain_forward(backbone):
+def test_the_one_pass_maps_and_probabilities_equal_the_librarys_and_a_plain_forward(backbone, method, flip):
     """cams_and_probs (the Predict page's path) differentiates only what follows the target layer; its maps must
     still be pytorch-grad-cam's, and its probabilities those of an ordinary forward pass; the model is left as it was."""
     torch.manual_seed(0)
     model, _ = build_model(backbone, 3, "none")
     images = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8)
     targets = [2, 0, 1]
-    maps, probs = cams_and_probs(model, backbone, images, targets, torch.device("cpu"), batch_size=2)
+    maps, probs = cams_and_probs(model, backbone, images, targets, torch.device("cpu"), method=method, flip=flip, batch_size=2)
     assert maps.shape == (3, 64, 64) and maps.dtype == np.float32
     assert all(p.requires_grad and p.grad is None for p in model.parameters())  # no weight gradient was computed
-    assert not cam_layer(model, backbone)._forward_hooks  # its hook is gone
-    np.testing.assert_allclose(maps, grad_cams(model, backbone, images, targets, torch.device("cpu")), atol=1e-4)  # float dust of batching
+    assert not cam_layer(model, backbone, method)._forward_hooks  # its hook is gone
+    library = grad_cams(model, backbone, images, targets, torch.device("cpu"), method=method, flip=flip)
+    np.testing.assert_allclose(maps, library, atol=1e-4)  # float dust of batching
     np.testing.assert_allclose(probs, predict_probs(model, images, torch.device("cpu")), atol=1e-5)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from core import __version__
+from core.config import heat_map_text
 from core.results import figures
 from core.results.report import roc_with_band, table3, table_cells, _footer, _with_ci
 from core.results.records import RunRecord
@@ -149,7 +150,7 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         parts.append("<details><summary>Configuration</summary>"
                      + _table(["setting", "value"], [[k, json.dumps(v)] for k, v in r["config"].items()]) + "</details>")
         if gallery_size:
-            parts.append(_cam_strip(runs_dir, r["run_id"], gallery_size))
+            parts.append(_cam_strip(runs_dir, r["run_id"], gallery_size, heat_map_text(run.config)))
 
     body_html = "\n".join(parts)
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxr-transfer: {_e(title)}</title>"
@@ -182,7 +183,7 @@ def _data_summary(store: Store, run: RunRecord) -> str:
     return "".join(out)
 
 
-def _cam_strip(runs_dir: Path, run_id: str, n: int) -> str:
+def _cam_strip(runs_dir: Path, run_id: str, n: int, how: str) -> str:
     """The most confident heat maps of each outcome, as embedded PNGs (original grey, heat map overlaid)."""
     from PIL import Image
 
@@ -205,7 +206,7 @@ def _cam_strip(runs_dir: Path, run_id: str, n: int) -> str:
         figs.append(f"<figure><img src='{src}' alt='Grad-CAM of {_e(item['image_id'])}'><figcaption>{_e(item['outcome'])} · "
                     f"p(positive) {item['prob_positive']:.2f} · fold {item['fold'] + 1} · {_e(item['image_id'])}</figcaption></figure>")
     return ("<h3>Grad-CAM examples (most confident of each outcome)</h3><div class='cams'>" + "".join(figs) + "</div>"
-            "<p class='muted'>Heat map of the predicted class over the image (viridis: yellow = most influence). "
+            f"<p class='muted'>Heat map of the predicted class over the image (viridis: yellow = most influence): {_e(how)}. "
             "Grad-CAM shows where the model's evidence lies, not whether it is right.</p>")
 
 

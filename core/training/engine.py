@@ -479,7 +479,7 @@ def score_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: in
         arrays, rows = explain_fold(
             outcome.model, cfg.backbone, pixels[test_idx], image_ids=[data.image_ids[i] for i in test_idx], labels=y_test,
             probs=probs, positive=data.positive, mask_paths=[data.mask_paths[i] for i in test_idx] if data.mask_paths else None,
-            cap=cfg.gradcam_max, store_size=cfg.gradcam_size, device=device,
+            cap=cfg.gradcam_max, store_size=cfg.gradcam_size, device=device, method=cfg.gradcam_method, flip=cfg.gradcam_flip,
         )
     state = {k: v.detach().cpu() for k, v in outcome.model.state_dict().items()} if cfg.save_models else None
     row = {"fold": fold, "status": "finished", "n_train": len(train_idx), "n_test": len(test_idx),

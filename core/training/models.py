@@ -24,21 +24,23 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Backbone:
-    """How to build one architecture and where its classifier head and Grad-CAM layer sit."""
+    """How to build one architecture and where its classifier head and heat-map layers sit."""
 
     head: str  # dotted attribute path of the final Linear layer
-    cam_layer: str  # last convolutional block: the usual Grad-CAM target
+    cam_layer: str  # last convolutional block: Grad-CAM's usual target (the study's)
+    fine_layer: str  # the last block before the final downsampling: LayerCAM's target, twice as fine
     cam_stride: int = 32  # input pixels per cell of cam_layer's map
+    fine_stride: int = 16  # input pixels per cell of fine_layer's map
 
 
 BACKBONES: dict[str, Backbone] = {
-    "resnet18": Backbone("fc", "layer4.-1"),
-    "resnet34": Backbone("fc", "layer4.-1"),
-    "resnet50": Backbone("fc", "layer4.-1"),
-    "resnet101": Backbone("fc", "layer4.-1"),
-    "densenet121": Backbone("classifier", "features.denseblock4"),
-    "efficientnet_b0": Backbone("classifier.1", "features.-1"),
-    "mobilenet_v3_small": Backbone("classifier.3", "features.-1"),
+    "resnet18": Backbone("fc", "layer4.-1", "layer3.-1"),
+    "resnet34": Backbone("fc", "layer4.-1", "layer3.-1"),
+    "resnet50": Backbone("fc", "layer4.-1", "layer3.-1"),
+    "resnet101": Backbone("fc", "layer4.-1", "layer3.-1"),
+    "densenet121": Backbone("classifier", "features.denseblock4", "features.denseblock3"),
+    "efficientnet_b0": Backbone("classifier.1", "features.-1", "features.5"),
+    "mobilenet_v3_small": Backbone("classifier.3", "features.-1", "features.8"),
 }
 
 

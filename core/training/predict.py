@@ -29,7 +29,7 @@ class Prediction:
     call: str  # the class called at `threshold`
     positive_class: str
     gray: np.ndarray  # (size, size) uint8, the image as the models saw it
-    cam: np.ndarray  # (size, size) float in [0, 1], mean of the fold models' positive-class maps
+    cam: np.ndarray  # (size, size) float in [0, 1], mean of the fold models' positive-class maps (the run's heat-map method)
     negative_class: str = ""  # what a call below the threshold names
 
     def call_at(self, threshold: float) -> str:
@@ -77,7 +77,8 @@ def predict_with(ensemble: Ensemble, data: bytes, *, threshold: float = 0.5) -> 
     positive = run.positive_index
     probs, cams = [], []
     for model in ensemble.models:  # one forward pass per model gives its probability and its map
-        cam, prob = cams_and_probs(model, run.config.backbone, x, [positive], ensemble.device)
+        cam, prob = cams_and_probs(model, run.config.backbone, x, [positive], ensemble.device, method=run.config.gradcam_method,
+                                   flip=run.config.gradcam_flip)
         probs.append(float(prob[0, positive]))
         cams.append(cam[0])
     mean = float(np.mean(probs))

@@ -61,7 +61,7 @@ def validate_run(store: Store, run_id: str, data: str, *, name: str = "", sets: 
         # a sample of heat maps from the first fold model, TP/FP/FN/TN kept (the gallery's own capping)
         arrays, _ = explain_fold(ensemble.models[0], run.config.backbone, x, image_ids=prepared.image_ids, labels=labels, probs=probs,
                                  positive=positive, mask_paths=None, cap=gradcam_sample, store_size=run.config.gradcam_size,
-                                 device=ensemble.device)
+                                 device=ensemble.device, method=run.config.gradcam_method, flip=run.config.gradcam_flip)
         if arrays:
             path = store.run_dir(run_id) / "external" / f"{evaluation_id}.npz"
             path.parent.mkdir(parents=True, exist_ok=True)
