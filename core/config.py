@@ -86,6 +86,8 @@ class RunConfig:
 
     # --- protocol -------------------------------------------------------------------------
     folds: int = _f(10, "Number of cross-validation folds.", min=2, max=50)
+    repeats: int = _f(1, "Repeat the k-fold cross-validation this many times, each on a new split (seeded, patients kept together); "
+                      "the results are the first repeat's, with the spread over repeats beside them.", min=1, max=20)
     group_by_patient: bool = _f(True, "Keep every patient's images in one fold (whenever patient ids are known).")
     seed: int = _f(0, "Seed for splits, initialisation, shuffling and augmentation.", min=0)
     positive_class: str = _f("", "Class reported as positive (sensitivity); '' = the class that is not named like Normal / No Finding, else the last in sorted order.")
@@ -129,6 +131,9 @@ class RunConfig:
         errors = [e for f in fields(self) if (e := _check(f, getattr(self, f.name)))]
         if self.weights not in NAMED_WEIGHTS and not self.weights.strip():
             errors.append("weights must be imagenet, auto, none or a path to a weights file")
+        if self.repeats > 1 and self.fold_column:
+            errors.append(f"repeats={self.repeats} needs new splits per repeat, but fold_column={self.fold_column!r} fixes one split; "
+                          "use repeats=1 with your own folds, or drop fold_column")
         if errors:
             raise CxrError("invalid configuration: " + "; ".join(errors))
 
@@ -256,7 +261,7 @@ SECTIONS: dict[str, list[str]] = {
     "Model and weights": ["backbone", "weights", "head_lr_factor", "freeze_backbone"],
     "Optimisation": ["optimizer", "learning_rate", "momentum", "weight_decay", "batch_size", "max_iterations", "max_epochs", "eval_every"],
     "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],
-    "Cross-validation": ["folds", "group_by_patient", "seed", "positive_class"],
+    "Cross-validation": ["folds", "repeats", "group_by_patient", "seed", "positive_class"],
     "Grad-CAM": ["gradcam", "gradcam_method", "gradcam_flip", "gradcam_max", "gradcam_size"],
     "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "cuda_graphs", "parallel_folds", "save_models", "eval_batch_size"],
     "Scale-out (Ray)": ["executor", "ray_address", "gpus_per_fold", "cpus_per_fold"],

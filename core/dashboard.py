@@ -249,12 +249,12 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     done = int((curve["phase"] == "train").sum()) if not curve.empty else 0
     # the same budget the engine uses, for a training fold of about (k-1)/k of the images
     n_train = int(run["n_images"] or 0) * (cfg.folds - 1) // cfg.folds
-    total = cfg.folds * budget(cfg, n_train)[0] if n_train else None
+    total = cfg.folds * cfg.repeats * budget(cfg, n_train)[0] if n_train else None
     status = effective_status(run)  # 'interrupted' when the process is gone without saying why (killed, power loss)
     elapsed = float(curve.groupby("fold")["elapsed_s"].max().sum()) if not curve.empty else 0.0
     fraction = min(1.0, done / total) if total else 0.0
-    folds = store.folds(run_id)
-    eta = eta_seconds(curve, folds, done=done, total=total, n_folds=cfg.folds) if status == "running" else None
+    folds = store.folds(run_id, every_repeat=True)
+    eta = eta_seconds(curve, folds, done=done, total=total, n_folds=cfg.folds * cfg.repeats) if status == "running" else None
     folds_done = int((folds["status"] == "finished").sum()) if not folds.empty else 0
     # where each finished fold trained (a Ray run spreads them over a cluster's machines)
     nodes = {int(f) + 1: n for f, n in zip(folds["fold"], folds["node"]) if isinstance(n, str) and n} if not folds.empty else {}

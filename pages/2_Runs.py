@@ -136,6 +136,18 @@ left.plotly_chart(figures.forest(d["folds"], pooled=row["auc"], mean=row["auc_me
 right.plotly_chart(figures.calibration_plot(row["calibration"]["bins"], brier=row["calibration"]["brier"]), width="stretch")
 right.caption(figures.calibration_title(row))
 
+if "repeats" in row:  # repeated cross-validation: how much the split alone moves the result
+    spread = row["repeats_summary"]
+    st.subheader(f"Repeated cross-validation ({spread['repeats']} repeats of {run.config.folds} folds)")
+    st.caption(f"Every repeat splits the images anew (patients kept together) and predicts each image once. The figures above "
+               f"are repeat 1's. Pooled AUC over repeats: mean {display.auc(spread['auc_mean'])}, SD {display.pct(spread['auc_sd'], 2)}, "
+               f"range {display.auc(spread['auc_min'])}-{display.auc(spread['auc_max'])}. A difference between two runs smaller "
+               "than this spread may be the split, not the setting: Compare's corrected t-test accounts for it.")
+    left, right = st.columns([2, 3])
+    left.plotly_chart(figures.repeats_plot(row["repeats"]), width="stretch")
+    right.markdown("**Each repeat at 0.5** (95 % DeLong and Wilson intervals)")
+    right.dataframe(display.repeats_table(row["repeats"]), hide_index=True, width="stretch")
+
 st.subheader("Would acting on it help?")
 left, right = st.columns([3, 2])
 left.plotly_chart(figures.decision_curve(row["decision_curve"]), width="stretch")

@@ -62,6 +62,11 @@ table = c["table"].set_index("run")
 key_columns = display.table3_key_columns(table.columns, c["varies"])
 st.dataframe(table[key_columns].style.set_properties(subset=c["varies"], **display.HIGHLIGHT) if c["varies"] else table[key_columns],
              width="stretch")
+if any("repeats_summary" in r for r in c["rows"]):
+    st.caption("Repeated cross-validation: the figures are each run's first repeat; 'over repeats' is the spread of the pooled AUC "
+               "over its repeats (a new split each). Corrected t-test: Nadeau-Bengio corrected resampled t-test of the per-fold AUC "
+               "differences over every repeat's folds, for runs that share their splits (a sweep's runs do); it allows for the "
+               "overlap of training sets that makes a plain paired t-test too confident.")
 if c["varies"]:
     st.caption(f"Settings that differ between these runs (highlighted): {', '.join(c['varies'])}. "
                "Settings that change no result (save_models, device, threads, ...) are not counted.")
@@ -69,6 +74,15 @@ with st.expander("All columns of Table 3 (accuracy, per-fold AUC, training time,
     st.dataframe(table, width="stretch")
 if mode == "a sweep" and c["varies"]:
     st.plotly_chart(figures.sweep_parallel(c["rows"], c["varies"]), width="stretch")
+
+validated = [r for r in c["rows"] if r["external"]]
+if validated:  # internal (out of fold) and external results of each run, side by side
+    st.subheader("External validation")
+    st.caption("Each run's fold models on other data sets with the same classes, beside its own out-of-fold result; p: unpaired "
+               "DeLong test of the external AUC against the internal one.")
+    for r in validated:
+        st.markdown(f"**{r['name']}**")
+        st.dataframe(display.external_table(r), hide_index=True, width="stretch")
 
 left, right = st.columns(2)
 left.plotly_chart(figures.roc_overlay(c["curves"]), width="stretch")

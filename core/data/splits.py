@@ -61,6 +61,30 @@ def assign_folds(
     return fold_of
 
 
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The split seed of one repeat: the run's own seed for the first (so repeats=1 splits exactly as before), then
+    seeds drawn from (seed, repeat), so repeat 2 of seed 0 is not repeat 1 of seed 1."""
+    return seed if repeat == 0 else int(np.random.SeedSequence([seed, repeat]).generate_state(1)[0] % 2**31)
+
+
+def assign_repeated_folds(
+    labels: np.ndarray, groups: np.ndarray | None, *, folds: int, repeats: int, seed: int, class_names: list[str] | None = None
+) -> np.ndarray:
+    """(repeats, N) fold numbers: repeat r splits the images anew (`repeat_seed`) into folds r*k .. r*k + k-1.
+
+    Every image is held out exactly once per repeat, a patient's images share a fold within each repeat,
+    and numbering the folds across repeats lets every fold keep one id in the store (fold g is fold
+    g % k of repeat g // k).
+    """
+    return np.stack([assign_folds(labels, groups, folds=folds, seed=repeat_seed(seed, r), class_names=class_names) + r * folds
+                     for r in range(repeats)])
+
+
+def held_out(fold_of: np.ndarray, fold: int) -> np.ndarray:
+    """Which images fold `fold` holds out: (N,) bool, from a (N,) or (repeats, N) array of fold numbers."""
+    return np.atleast_2d(np.asarray(fold_of) == fold).any(axis=0)
+
+
 def check_no_leak(fold_of: np.ndarray, groups: np.ndarray) -> None:
     """Raise when any patient's images sit in more than one fold."""
     pairs = np.unique(np.stack([np.asarray(groups).astype(str), np.asarray(fold_of).astype(str)]), axis=1)
@@ -91,9 +115,15 @@ class LeakAudit:
 
 
 def audit_leakage(fold_of: np.ndarray, groups: np.ndarray | None) -> LeakAudit:
-    """Audit a fold assignment against patient ids (whoever made it: this tool, a sweep, or the user's own fold column)."""
+    """Audit a fold assignment against patient ids (whoever made it: this tool, a sweep, or the user's own fold column).
+
+    A (repeats, N) assignment is audited repeat by repeat; the first that leaks is the answer.
+    """
     if groups is None:
         return LeakAudit("unchecked", 0, 0, 0, ())
+    if np.ndim(fold_of) == 2:
+        audits = [audit_leakage(row, groups) for row in np.asarray(fold_of)]
+        return next((a for a in audits if a.status == "leaks"), audits[0])
     groups = np.asarray(groups).astype(str)
     fold_of = np.asarray(fold_of)
     patients, inverse = np.unique(groups, return_inverse=True)

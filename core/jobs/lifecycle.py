@@ -126,7 +126,7 @@ def check_resumable(store, run_id: str) -> dict:
     if status in ACTIVE and _pid(run["pid"]) != os.getpid():
         where = f" on {run['host']}" if _text(run.get("host")) else ""
         raise CxrError(f"run {run_id} is still {status} (process {_pid(run['pid'])}{where}); wait for it, or cancel it before resuming")
-    folds = store.folds(run_id)
+    folds = store.folds(run_id, every_repeat=True)
     diverged = folds[folds["status"] == "diverged"] if not folds.empty else folds
     if not diverged.empty:
         raise CxrError(f"run {run_id} stopped because fold {int(diverged['fold'].iloc[0]) + 1} diverged; resuming would repeat it with "
@@ -137,7 +137,9 @@ def check_resumable(store, run_id: str) -> dict:
 def unfinished_candidates(store) -> list[dict]:
     """Runs not finished as the store has them (newest first), with the folds they finished: one query, no liveness check."""
     runs = store.query(
-        "SELECT r.run_id, r.name, r.status, r.error, r.folds, r.pid, r.host, r.pid_start, r.created_at, "
+        "SELECT r.run_id, r.name, r.status, r.error, "
+        # every repeat's folds (repeated cross-validation trains folds x repeats of them)
+        "r.folds * coalesce(TRY_CAST(json_extract_string(r.config, '$.repeats') AS INTEGER), 1) AS folds, r.pid, r.host, r.pid_start, r.created_at, "
         "(SELECT count(*) FROM folds f WHERE f.run_id = r.run_id AND f.status = 'finished') AS folds_done, "
         "(SELECT count(*) FROM folds f WHERE f.run_id = r.run_id AND f.status = 'diverged') AS diverged "
         "FROM runs r WHERE r.status IN ('failed', 'cancelled', 'interrupted', 'running', 'queued') ORDER BY r.created_at DESC")

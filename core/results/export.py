@@ -20,6 +20,7 @@ import pandas as pd
 from core import __version__
 from core.config import heat_map_text
 from core.results import figures
+from core.results.checklist import checklist_html
 from core.results.report import roc_with_band, table3, table_cells, _footer, _with_ci
 from core.results.records import RunRecord
 from core.results.store import Store
@@ -57,14 +58,14 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
                      "the numbers show how the tool works, not how a model performs on patients.</p>")
     plots: list[str] = []
 
-    parts.append("<h2>Results (Table 3 layout)</h2>")
+    parts.append("<h2 id='results'>Results (Table 3 layout)</h2>")
     header, body = table_cells(rows)
     parts.append(_table(["run", *header], [[r["name"], *cells] for r, cells in zip(rows, body)], highlight=len(rows[0]["varies"])))
     parts.append(f"<p class='muted'>{_e(_footer(rows))}</p>")
     if rows[0]["varies"] and not single:
         parts.append(f"<p>Settings that differ between these runs (highlighted): <b>{_e(', '.join(rows[0]['varies']))}</b></p>")
 
-    parts.append("<h2>Operating points</h2>")
+    parts.append("<h2 id='operating-points'>Operating points</h2>")
     op_rows = [[r["name"], op["name"], f"{op['threshold']:.3f}", _with_ci(op, "sensitivity"), _with_ci(op, "specificity"),
                 _with_ci(op, "ppv"), _with_ci(op, "npv"), op["chosen_on"]] for r in rows for op in r["operating_points"]]
     parts.append(_table(["run", "rule", "threshold", "sensitivity % (95% CI)", "specificity % (95% CI)", "PPV % (95% CI)",
@@ -72,8 +73,17 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
     parts.append("<p class='muted'>'cross-fitted' thresholds are chosen on the other folds' predictions and applied to each fold, "
                  "an honest estimate of how a threshold transfers; in-sample thresholds are chosen on the same predictions.</p>")
 
+    if any("repeats" in r for r in rows):
+        parts.append("<h2 id='repeats'>Repeated cross-validation</h2>")
+        rep_rows = [[r["name"], x["repeat"] + 1, x["n"], f"{100 * x['auc']:.2f} ({100 * x['auc_ci_low']:.2f}-{100 * x['auc_ci_high']:.2f})",
+                     _with_ci(x, "sensitivity"), _with_ci(x, "specificity")] for r in rows for x in r.get("repeats", [])]
+        parts.append(_table(["run", "repeat", "images", "pooled AUC % (95% CI)", "sensitivity % (95% CI)", "specificity % (95% CI)"],
+                            rep_rows))
+        parts.append("<p class='muted'>Each repeat splits the images anew (patients kept together) and predicts every image once; "
+                     "rates at 0.5. The run's figures above are its first repeat's.</p>")
+
     if any(r["subgroups"] for r in rows):
-        parts.append("<h2>Subgroups</h2>")
+        parts.append("<h2 id='subgroups'>Subgroups</h2>")
         sub_rows = [[r["name"], g["variable"], g["level"], g["n"], g["n_positive"],
                      "-" if g["auc"] is None else f"{100 * g['auc']:.2f} ({100 * g['auc_ci_low']:.2f}-{100 * g['auc_ci_high']:.2f})",
                      _with_ci(g, "sensitivity") if g["sensitivity"] is not None else "-",
@@ -86,7 +96,7 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
                      "images. Groups with fewer than 5 positives or negatives are flagged as few cases.</p>")
 
     if any(r["external"] for r in rows):
-        parts.append("<h2>External validation</h2>")
+        parts.append("<h2 id='external'>External validation</h2>")
         ext_rows = []
         for r in rows:
             for label, e in [("internal (out of fold)", {**r, "p_vs_internal": None}), *[(e["name"], e) for e in r["external"]]]:
@@ -99,13 +109,13 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         parts.append("<p class='muted'>External: the run's fold models (mean probability) on another data set with the same "
                      "classes; p: unpaired DeLong test against the internal out-of-fold AUC.</p>")
 
-    parts.append("<h2>Calibration</h2>")
+    parts.append("<h2 id='calibration'>Calibration</h2>")
     parts.append("<ul>" + "".join(f"<li><b>{_e(r['name'])}</b>: {_e(figures.calibration_title(r))}</li>" for r in rows) + "</ul>")
     parts.append("<p class='muted'>Logistic recalibration (Wald 95 % intervals). The decision curve below (net benefit against "
                  "threshold probability, Vickers &amp; Elkin 2006) shows whether acting on the model's call does more good than "
                  "treating everyone or no one.</p>")
 
-    parts.append("<h2>Figures</h2>")
+    parts.append("<h2 id='figures'>Figures</h2>")
     if single:
         r = rows[0]
         band = roc_with_band(store, r["run_id"], n_boot=300)
@@ -134,8 +144,9 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         plots.append(_figure(fig, first=not plots))
     parts.append("<div class='grid'>" + "".join(f"<div>{p}</div>" for p in plots) + "</div>")
 
-    for r in rows:
-        parts.append(f"<h2>{_e(r['name'])}: folds, data and configuration</h2>")
+    for k, r in enumerate(rows):
+        parts.append(f"<h2 id='{'runs' if k == 0 else f'runs-{k + 1}'}'>{_e(r['name'])}: folds, data and configuration</h2>")
+        r["has_cohort_flow"] = _has_flow(store, r["run_id"])
         run = store.run_record(r["run_id"])
         folds = store.folds(r["run_id"])
         parts.append(_table(["fold", "train images", "test images", "iterations", "accuracy %", "sensitivity %", "specificity %", "AUC", "training s"],
@@ -152,9 +163,16 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         if gallery_size:
             parts.append(_cam_strip(runs_dir, r["run_id"], gallery_size, heat_map_text(run.config)))
 
+    parts.append(checklist_html(rows, _e))
     body_html = "\n".join(parts)
     return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>cxr-transfer: {_e(title)}</title>"
             f"<style>{_CSS}</style></head><body>{body_html}</body></html>\n")
+
+
+def _has_flow(store: Store, run_id: str) -> bool:
+    """Whether the run's data set carries its cohort selection steps (a cohort built by `python -m core cohort`)."""
+    flow = store.query("SELECT d.flow FROM datasets d JOIN runs r ON r.dataset_id = d.dataset_id WHERE r.run_id = ?", [run_id])
+    return not flow.empty and bool(flow["flow"].iloc[0]) and bool(json.loads(flow["flow"].iloc[0]).get("steps"))
 
 
 def _data_summary(store: Store, run: RunRecord) -> str:

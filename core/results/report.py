@@ -15,6 +15,7 @@ import numpy as np
 from core import CxrError
 from core.config import RESULT_NEUTRAL
 from core.results.external import external_rows
+from core.results.repeats import corrected_test, repeats_of
 from core.results.subgroups import subgroup_rows
 from core.results.stats import (at_threshold, auc_delong, calibration, calibration_fit, decision_curve, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
@@ -108,6 +109,9 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
     row["config"] = dataclasses.asdict(run.config)
     row["classes"], row["positive_class"], row["negative_class"] = classes, run.positive_class, run.negative_class
     row["operating_points"] = operating_points(y, scores, preds["fold"].to_numpy(), min_sensitivity=min_sensitivity)
+    repeated = repeats_of(store, run)  # repeated cross-validation: each repeat's pooled result and their spread
+    if repeated is not None:
+        row["repeats"], row["repeats_summary"] = repeated
     if run.pointing_game is not None:
         for key in ("pointing_game", "pointing_chance", "energy_in_mask", "energy_chance"):
             row[key] = getattr(run, key)
@@ -133,6 +137,10 @@ def table3(store: Store, run_ids: list[str], *, min_sensitivity: float = 0.9) ->
         y = np.array([truth[i] for i in common])
         test = delong_paired(y, np.array([scores[i] for i in common]), np.array([first_scores[i] for i in common]))
         row["delong_p_vs_first"] = test.p
+    for row in rows[1:]:  # over every repeat's folds, where both runs share them (corrected for overlapping training sets)
+        row["corrected_test_vs_first"] = corrected_test(store, row["run_id"], rows[0]["run_id"])
+        row["corrected_p_vs_first"] = row["corrected_test_vs_first"]["p"] if row["corrected_test_vs_first"] else None
+    rows[0]["corrected_test_vs_first"] = rows[0]["corrected_p_vs_first"] = None
     adjusted = holm([r["delong_p_vs_first"] if r["delong_p_vs_first"] is not None else np.nan for r in rows[1:]])
     rows[0]["delong_p_holm"] = None
     for row, p in zip(rows[1:], adjusted):
@@ -174,6 +182,12 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     localised = all("pointing_game" in r for r in rows)
     if localised:
         header[-2:-2] = ["pointing game % (chance)", "CAM energy in mask % (chance)"]
+    repeated = any("repeats_summary" in r for r in rows)
+    corrected = any(r.get("corrected_p_vs_first") is not None for r in rows)
+    if repeated:
+        header.insert(header.index("training time"), "AUC % over repeats, mean ± SD (range)")
+    if corrected:
+        header.append("corrected t-test p vs first")
     body = []
     for r in rows:
         m, s = divmod(r["train_seconds"], 60)
@@ -184,12 +198,29 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         if localised:
             body[-1][-2:-2] = [f"{100 * r['pointing_game']:.0f} ({100 * r['pointing_chance']:.0f})",
                                f"{100 * r['energy_in_mask']:.1f} ({100 * r['energy_chance']:.1f})"]
+        if repeated:
+            body[-1].insert(header.index("training time"), _over_repeats(r.get("repeats_summary")))
+        if corrected:
+            body[-1].append(_p(r.get("corrected_p_vs_first")))
     return header, body
+
+
+def _over_repeats(summary: dict | None) -> str:
+    if not summary:
+        return "1 repeat"
+    return (f"{100 * summary['auc_mean']:.2f} ± {100 * summary['auc_sd']:.2f} ({100 * summary['auc_min']:.2f}-"
+            f"{100 * summary['auc_max']:.2f}; {summary['repeats']} repeats)")
 
 
 def _footer(rows: list[dict]) -> str:
     note = ("Pooled out-of-fold predictions (as the study); intervals: Wilson for proportions, DeLong for AUC; "
             "p: paired DeLong test against the first row on the same images, Holm-adjusted over the comparisons.")
+    if any("repeats_summary" in r for r in rows):
+        note += (" Repeated cross-validation: the figures are the first repeat's; 'over repeats' is the pooled AUC of each repeat "
+                 "(a new split each), its mean, SD and range.")
+    if any(r.get("corrected_p_vs_first") is not None for r in rows):
+        note += (" Corrected t-test: Nadeau-Bengio corrected resampled t-test of the per-fold AUC differences over every repeat's "
+                 "folds (the runs share their splits), which allows for the overlap of training sets that a plain paired t-test ignores.")
     if any(r["synthetic"] for r in rows):
         note += " Data: SYNTHETIC demo phantom images, not real radiographs."
     leaking = [r["name"] for r in rows if r.get("leak_status") == "leaks"]

@@ -30,7 +30,7 @@ import pandas as pd
 from core import CxrError
 from core.results.records import RunRecord, RunSummary
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 DB_NAME = "runs.duckdb"
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 
@@ -113,8 +113,19 @@ CREATE TABLE IF NOT EXISTS evaluation_predictions (
     evaluation_id VARCHAR, image_id VARCHAR, label_index INTEGER, prob_positive DOUBLE, PRIMARY KEY (evaluation_id, image_id));
 """
 
+# v8: repeated cross-validation (`repeats`): the splits and out-of-fold predictions of the second and later repeats.
+# The first repeat stays in `splits` and `predictions`, so every statistic a run reports is the first repeat's (a run
+# with repeats=1 is stored exactly as before); fold numbers run on across repeats (fold g is fold g % k of repeat g // k),
+# so `folds` and `iterations` hold every repeat's folds under their own numbers.
+_SCHEMA_V8 = """
+CREATE TABLE IF NOT EXISTS repeat_splits (run_id VARCHAR, repeat INTEGER, image_id VARCHAR, fold INTEGER, PRIMARY KEY (run_id, repeat, image_id));
+CREATE TABLE IF NOT EXISTS repeat_predictions (
+    run_id VARCHAR, repeat INTEGER, image_id VARCHAR, fold INTEGER, label_index INTEGER, prob_positive DOUBLE,
+    PRIMARY KEY (run_id, repeat, image_id));
+"""
+
 MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5, 6: _SCHEMA_V6,
-                              7: _SCHEMA_V7}  # version -> SQL that brings version-1 up to it
+                              7: _SCHEMA_V7, 8: _SCHEMA_V8}  # version -> SQL that brings version-1 up to it
 
 
 class DiskFullError(CxrError):
@@ -323,12 +334,20 @@ class Store:
         with self.transaction() as con:
             con.execute(f"UPDATE runs SET {sets} WHERE run_id = ?", [*fields_.values(), run_id])
 
-    def save_splits(self, run_id: str, image_ids: list[str], folds: list[int]) -> None:
-        df = pd.DataFrame({"run_id": run_id, "image_id": image_ids, "fold": folds})
+    def save_splits(self, run_id: str, image_ids: list[str], folds) -> None:
+        """Fold numbers per image: a list (one split), or a (repeats, N) array (the first repeat in `splits`, the rest in
+        `repeat_splits`)."""
+        rows = np.atleast_2d(np.asarray(folds, dtype=np.int64))
         with self.transaction() as con:
-            con.register("new_splits", df)
+            con.register("new_splits", pd.DataFrame({"run_id": run_id, "image_id": image_ids, "fold": rows[0]}))
             con.execute("INSERT OR REPLACE INTO splits SELECT run_id, image_id, fold FROM new_splits")
             con.unregister("new_splits")
+            if len(rows) > 1:
+                more = pd.concat([pd.DataFrame({"run_id": run_id, "repeat": r, "image_id": image_ids, "fold": rows[r]})
+                                  for r in range(1, len(rows))])
+                con.register("new_repeat_splits", more)
+                con.execute("INSERT OR REPLACE INTO repeat_splits SELECT run_id, repeat, image_id, fold FROM new_repeat_splits")
+                con.unregister("new_repeat_splits")
 
     def save_iterations(self, rows: list[dict]) -> None:
         if not rows:
@@ -347,7 +366,12 @@ class Store:
             con.execute(
                 f"INSERT OR REPLACE INTO folds ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values())
             )
-            if not preds.empty:  # a diverged fold stores its row and no prediction
+            if not preds.empty and int(preds.get("repeat", pd.Series([0])).iloc[0]) > 0:  # a later repeat's fold
+                con.register("new_preds", preds)
+                con.execute("INSERT OR REPLACE INTO repeat_predictions SELECT run_id, repeat, image_id, fold, label_index, prob_positive "
+                            "FROM new_preds")
+                con.unregister("new_preds")
+            elif not preds.empty:  # a diverged fold stores its row and no prediction
                 con.register("new_preds", preds)
                 con.execute(
                     "INSERT OR REPLACE INTO predictions SELECT run_id, image_id, fold, label_index, pred_index, "
@@ -368,7 +392,7 @@ class Store:
             return
         marks = ", ".join("?" for _ in folds)
         with self.transaction() as con:
-            for table in ("cams", "predictions", "iterations", "folds"):
+            for table in ("cams", "predictions", "repeat_predictions", "iterations", "folds"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ? AND fold IN ({marks})", [run_id, *folds])
 
     def mark_interrupted(self, run_id: str, *, pid: Any, error: str) -> bool:
@@ -386,7 +410,7 @@ class Store:
         with self.transaction() as con:
             con.execute("DELETE FROM evaluation_predictions WHERE evaluation_id IN (SELECT evaluation_id FROM evaluations WHERE run_id = ?)",
                         [run_id])
-            for table in ("cams", "predictions", "iterations", "folds", "splits", "evaluations", "runs"):
+            for table in ("cams", "predictions", "repeat_predictions", "iterations", "folds", "splits", "repeat_splits", "evaluations", "runs"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
 
@@ -449,8 +473,24 @@ class Store:
             raise CxrError(f"no run {run_id!r} in {self.path}")
         return df.iloc[0].to_dict()
 
-    def folds(self, run_id: str) -> pd.DataFrame:
-        return self.query("SELECT * FROM folds WHERE run_id = ? ORDER BY fold", [run_id])
+    def folds(self, run_id: str, *, every_repeat: bool = False) -> pd.DataFrame:
+        """The folds of the run's first repeat (what its statistics are), or with `every_repeat` those of all its repeats."""
+        if every_repeat:
+            return self.query("SELECT * FROM folds WHERE run_id = ? ORDER BY fold", [run_id])
+        return self.query("SELECT f.* FROM folds f JOIN runs r ON r.run_id = f.run_id WHERE f.run_id = ? AND f.fold < coalesce(r.folds, 2147483647) "
+                          "ORDER BY f.fold", [run_id])
+
+    def repeated_predictions(self, run_id: str) -> pd.DataFrame:
+        """Every repeat's out-of-fold predictions (repeat, image_id, fold, label_index, prob_positive): the first repeat's
+        from `predictions`, the others' from `repeat_predictions`."""
+        return self.query("SELECT 0 AS repeat, image_id, fold, label_index, prob_positive FROM predictions WHERE run_id = ? UNION ALL "
+                          "SELECT repeat, image_id, fold, label_index, prob_positive FROM repeat_predictions WHERE run_id = ? "
+                          "ORDER BY repeat, fold, image_id", [run_id, run_id])
+
+    def all_splits(self, run_id: str) -> pd.DataFrame:
+        """(repeat, image_id, fold) of every repeat's split."""
+        return self.query("SELECT 0 AS repeat, image_id, fold FROM splits WHERE run_id = ? UNION ALL "
+                          "SELECT repeat, image_id, fold FROM repeat_splits WHERE run_id = ? ORDER BY repeat, image_id", [run_id, run_id])
 
     def predictions(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM predictions WHERE run_id = ? ORDER BY fold, image_id", [run_id])

@@ -25,7 +25,7 @@ import torchvision
 from core import CxrError, __version__
 from core.config import RESULT_NEUTRAL, RunConfig, apply_overrides, auto_name, budget
 from core.data.prepare import PreparedData, cache_dir_for, prepare_data
-from core.data.splits import assign_folds, audit_leakage
+from core.data.splits import assign_repeated_folds, audit_leakage, held_out
 from core.training.explain import explain_fold, summarize_localisation
 from core.jobs.gpuqueue import gpu_slot
 from core.ids import new_run_id
@@ -85,7 +85,7 @@ class RunPlan:
 
     cfg: RunConfig
     data: PreparedData
-    fold_of: np.ndarray  # fold of each image, in data.image_ids order
+    fold_of: np.ndarray  # (repeats, N): fold number of each image in each repeat, in data.image_ids order
     todo: list[int]  # the folds to train
     run_id: str
     device: torch.device
@@ -103,7 +103,7 @@ def run_cross_validation(
     progress: Progress | None = None,
     run_id: str | None = None,
     sweep_id: str = "",
-    fixed_splits: dict[str, int] | None = None,
+    fixed_splits: dict[str, list[int]] | None = None,
 ) -> RunResult:
     """Run the whole k-fold protocol for `cfg` and store everything; returns the pooled result.
 
@@ -111,7 +111,7 @@ def run_cross_validation(
         CxrError: for anything the user can fix (data, weights, store); the run is then marked
         failed in the store if it had been created.
 
-    `fixed_splits` (image_id -> fold) reuses another run's folds, so that runs of a sweep are
+    `fixed_splits` (image_id -> its fold in each repeat) reuses another run's folds, so that runs of a sweep are
     evaluated on identical splits and paired tests between them are valid. With `executor=ray`
     the folds are Ray tasks (core/training/ray_executor.py); the results land in the store the same way.
     """
@@ -145,7 +145,7 @@ def begin_run(
     progress: Progress | None = None,
     run_id: str | None = None,
     sweep_id: str = "",
-    fixed_splits: dict[str, int] | None = None,
+    fixed_splits: dict[str, list[int]] | None = None,
 ) -> RunPlan:
     """Prepare the data, split it, check the weights and create the run in the store: everything before the first fold."""
     emit = progress or (lambda event: None)
@@ -162,14 +162,17 @@ def begin_run(
     if fixed_splits is not None:
         if set(fixed_splits) != set(data.image_ids):
             raise CxrError("this run's images differ from the sweep's first run, so its splits cannot be reused")
-        fold_of = np.array([fixed_splits[i] for i in data.image_ids])
+        fold_of = np.array([fixed_splits[i] for i in data.image_ids]).T  # (repeats, N)
+        if len(fold_of) != cfg.repeats:
+            raise CxrError(f"the sweep's first run has {len(fold_of)} repeats but this one asks for {cfg.repeats}; sweep repeats in "
+                           "separate sweeps")
     elif data.user_folds is not None:
-        fold_of = data.user_folds
+        fold_of = data.user_folds[None]
         if int(fold_of.max()) + 1 != cfg.folds:
             raise CxrError(f"fold column {cfg.fold_column!r} holds {int(fold_of.max()) + 1} folds but folds={cfg.folds}; "
                            f"pass --set folds={int(fold_of.max()) + 1}")
     else:
-        fold_of = assign_folds(data.labels, groups, folds=cfg.folds, seed=cfg.seed, class_names=data.classes)
+        fold_of = assign_repeated_folds(data.labels, groups, folds=cfg.folds, repeats=cfg.repeats, seed=cfg.seed, class_names=data.classes)
     # Audit the split actually used against the patient ids, whoever made it; a leaking split only runs when the
     # user turned grouping off on purpose, and the run carries the audit so every report can say so.
     audit = audit_leakage(fold_of, data.groups)
@@ -203,9 +206,9 @@ def begin_run(
         leakage=audit.message,
         **_owner(),
     )
-    store.save_splits(run_id, data.image_ids, fold_of.tolist())
+    store.save_splits(run_id, data.image_ids, fold_of)
     emit(_run_start_event(run_id, cfg, data, weights, device))
-    return RunPlan(cfg, data, fold_of, list(range(cfg.folds)), run_id=run_id, device=device, weights_used=weights.used)
+    return RunPlan(cfg, data, fold_of, list(range(cfg.folds * cfg.repeats)), run_id=run_id, device=device, weights_used=weights.used)
 
 
 def resume_cross_validation(store: Store, run_id: str, *, device: str | None = None, progress: Progress | None = None,
@@ -254,9 +257,10 @@ def begin_resume(store: Store, run_id: str, *, device: str | None = None, progre
     except CxrError as exc:  # say it where the pages look, then stop
         store.update_run(run_id, status="failed", error=f"resume: {exc}")
         raise
-    done = store.folds(run_id)
+    done = store.folds(run_id, every_repeat=True)
     done = done[done["status"] == "finished"] if not done.empty else done
-    todo = [k for k in range(cfg.folds) if k not in set(done["fold"].astype(int))] if not done.empty else list(range(cfg.folds))
+    every = range(cfg.folds * cfg.repeats)
+    todo = [k for k in every if k not in set(done["fold"].astype(int))] if not done.empty else list(every)
     store.clear_folds(run_id, todo)
     store.update_run(run_id, status="running", error=None, finished_at=None, device=_device_name(dev, cfg), resumes=int(run.get("resumes") or 0) + 1,
                      **({"config": cfg.to_json()} if overrides else {}), **_owner())
@@ -274,19 +278,24 @@ def _owner() -> dict:
 
 
 def _run_start_event(run_id: str, cfg: RunConfig, data: PreparedData, weights, device: torch.device) -> dict:
-    return {"event": "run_start", "run_id": run_id, "folds": cfg.folds, "weights": weights, "n_images": len(data.labels),
+    return {"event": "run_start", "run_id": run_id, "folds": cfg.folds * cfg.repeats, "weights": weights, "n_images": len(data.labels),
             "n_excluded": int((data.manifest.table["excluded_reason"] != "").sum()), "device": _device_name(device, cfg),
             "synthetic": data.manifest.synthetic}
 
 
 def _stored_splits(store: Store, run_id: str, data: PreparedData) -> np.ndarray:
-    """The folds a run stored, in `data.image_ids` order; the images must be exactly the run's."""
-    table = store.splits(run_id)
-    stored = dict(zip(table["image_id"], table["fold"].astype(int))) if not table.empty else {}
-    if set(stored) != set(data.image_ids):
-        raise CxrError(f"run {run_id} stored splits for {len(stored)} images but the data set has {len(data.image_ids)} usable ones; "
-                       "resume needs the same images")
-    return np.array([stored[i] for i in data.image_ids])
+    """The (repeats, N) folds a run stored, in `data.image_ids` order; the images must be exactly the run's."""
+    table = store.all_splits(run_id)
+    rows = []
+    for _, split in table.groupby("repeat", sort=True):
+        stored = dict(zip(split["image_id"], split["fold"].astype(int)))
+        if set(stored) != set(data.image_ids):
+            raise CxrError(f"run {run_id} stored splits for {len(stored)} images but the data set has {len(data.image_ids)} usable ones; "
+                           "resume needs the same images")
+        rows.append([stored[i] for i in data.image_ids])
+    if not rows:
+        raise CxrError(f"run {run_id} stored no splits; start a new run")
+    return np.array(rows)
 
 
 def _train_folds(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, todo: list[int], *, run_id: str, store: Store,
@@ -299,7 +308,7 @@ def _train_folds(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, todo: 
         with _gpu_turn(store, run_id, device, emit):
             train_seconds = prior_train_seconds
             size = pack_size(cfg.parallel_folds, device=device, batch_size=cfg.batch_size, image_size=cfg.image_size, folds=len(todo))
-            for pack in plan_packs(todo, size, {k: step_shape(cfg, int((fold_of != k).sum())) for k in todo}):
+            for pack in plan_packs(todo, size, {k: step_shape(cfg, int((~held_out(fold_of, k)).sum())) for k in todo}):
                 folds_now = pack
                 train_seconds += _run_pack(cfg, data, fold_of, pack, run_id=run_id, store=store, device=device, emit=emit)
             result = _finish(cfg, data, run_id, store, train_seconds=train_seconds,
@@ -402,7 +411,8 @@ def fold_jobs(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: lis
     labels = torch.from_numpy(data.labels)
     jobs = []
     for fold in pack:
-        train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+        test = held_out(fold_of, fold)
+        train_idx, test_idx = np.flatnonzero(~test), np.flatnonzero(test)
         torch.manual_seed(int(np.random.SeedSequence([cfg.seed, fold, 0]).generate_state(1)[0]))  # the new head's init
         model, _ = build_model(cfg.backbone, len(data.classes), cfg.weights)
         jobs.append(FoldData(fold, model, pixels[train_idx], labels[train_idx], pixels[test_idx], labels[test_idx]))
@@ -416,7 +426,7 @@ def train_pack_results(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, 
     pixels = resident_pixels(data, device)  # on the GPU once per run; batches are gathered there
     jobs = fold_jobs(cfg, data, fold_of, pack, pixels)
     for job in jobs:
-        on_fold_start({"event": "fold_start", "fold": job.fold, "folds": cfg.folds, "n_train": len(job.x_train), "n_test": len(job.x_test),
+        on_fold_start({"event": "fold_start", "fold": job.fold, "folds": cfg.folds * cfg.repeats, "n_train": len(job.x_train), "n_test": len(job.x_test),
                        "iterations": budget(cfg, len(job.x_train))[0], "pack": pack})
     outcomes = train_folds(cfg, jobs, device=device, on_iteration=on_iteration)
     for job, outcome in zip(jobs, outcomes):
@@ -454,34 +464,42 @@ def _train_pack(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, pack: l
 
 def save_diverged_fold(store: Store, run_id: str, exc: DivergedError, fold_of: np.ndarray, *, started) -> None:
     """The diverged fold's row (its curve is already stored): no metrics, no predictions."""
-    store.save_fold(run_id, {"fold": exc.fold, "status": "diverged", "n_train": int((fold_of != exc.fold).sum()),
-                             "n_test": int((fold_of == exc.fold).sum()), "iterations": exc.iteration, "started_at": started,
+    test = held_out(fold_of, exc.fold)
+    store.save_fold(run_id, {"fold": exc.fold, "status": "diverged", "n_train": int((~test).sum()),
+                             "n_test": int(test.sum()), "iterations": exc.iteration, "started_at": started,
                              "finished_at": now()}, pd.DataFrame())
 
 
 def score_fold(cfg: RunConfig, data: PreparedData, fold_of: np.ndarray, fold: int, outcome: FoldOutcome, pixels: torch.Tensor, *,
                device: torch.device) -> FoldResult:
-    """One trained fold's metrics, out-of-fold predictions and heat maps, ready to be written."""
-    train_idx, test_idx = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+    """One trained fold's metrics, out-of-fold predictions and heat maps, ready to be written.
+
+    A later repeat's fold (repeats > 1) keeps its metrics and predictions but no heat maps and no model: the run's
+    gallery, localisation and Predict page are its first repeat's.
+    """
+    test = held_out(fold_of, fold)
+    train_idx, test_idx = np.flatnonzero(~test), np.flatnonzero(test)
+    first_repeat = fold < cfg.folds
     probs = outcome.test_probs
     y_test = data.labels[test_idx]
     m = summarize(y_test, probs, positive=data.positive)
     predictions = pd.DataFrame({
         "image_id": [data.image_ids[i] for i in test_idx],
         "fold": fold,
+        "repeat": fold // cfg.folds,
         "label_index": y_test,
         "pred_index": probs.argmax(1),
         "prob_positive": probs[:, data.positive],
         "probs": [row.tolist() for row in probs],
     })
     arrays, rows = {}, []
-    if cfg.gradcam:
+    if cfg.gradcam and first_repeat:
         arrays, rows = explain_fold(
             outcome.model, cfg.backbone, pixels[test_idx], image_ids=[data.image_ids[i] for i in test_idx], labels=y_test,
             probs=probs, positive=data.positive, mask_paths=[data.mask_paths[i] for i in test_idx] if data.mask_paths else None,
             cap=cfg.gradcam_max, store_size=cfg.gradcam_size, device=device, method=cfg.gradcam_method, flip=cfg.gradcam_flip,
         )
-    state = {k: v.detach().cpu() for k, v in outcome.model.state_dict().items()} if cfg.save_models else None
+    state = {k: v.detach().cpu() for k, v in outcome.model.state_dict().items()} if cfg.save_models and first_repeat else None
     row = {"fold": fold, "status": "finished", "n_train": len(train_idx), "n_test": len(test_idx),
            "iterations": outcome.iterations, "epochs": outcome.epochs, "train_seconds": outcome.train_seconds,
            "eval_seconds": outcome.eval_seconds, "accuracy": m["accuracy"], "sensitivity": m["sensitivity"],

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the engine (torch) is imported only to run: parsing and che
 
 # Settings that change which images go where: a sweep over them would compare runs on other splits.
 SPLIT_FIELDS = {"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column", "folds", "seed",
-                "group_by_patient"}
+                "group_by_patient", "repeats"}
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:
@@ -56,7 +56,7 @@ def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, pres
     combos = expand(base, grid)
     sweep_id = sweep_id or new_sweep_id()
     results: list[RunResult] = []
-    splits: dict[str, int] | None = None
+    splits: dict[str, list[int]] | None = None
     if base.executor == "ray":
         # every run created first (the first run's splits reused by the others), then all their folds in one pool of Ray
         # tasks, so a 3 x 10 sweep keeps eight GPUs busy instead of ten folds at a time
@@ -65,15 +65,22 @@ def run_sweep(base: RunConfig, grid: dict[str, list[str]], *, store: Store, pres
             plans.append(begin_run(cfg, store=store, preset=preset, name=auto_name(cfg, preset, among=grid), progress=progress,
                                    sweep_id=sweep_id, fixed_splits=splits))
             if splits is None:
-                table = store.splits(plans[0].run_id)
-                splits = dict(zip(table["image_id"], table["fold"].astype(int)))
+                splits = _splits_of(store, plans[0].run_id)
         return sweep_id, train_plans(plans, store=store, progress=progress)
     for _, cfg in combos:
         # named by the preset and the swept values (`quick · lr 1e-4`): what tells the sweep's runs apart
         result = run_cross_validation(cfg, store=store, preset=preset, name=auto_name(cfg, preset, among=grid), progress=progress,
                                       sweep_id=sweep_id, fixed_splits=splits)
         if splits is None:
-            table = store.splits(result.run_id)
-            splits = dict(zip(table["image_id"], table["fold"].astype(int)))
+            splits = _splits_of(store, result.run_id)
         results.append(result)
     return sweep_id, results
+
+
+def _splits_of(store: Store, run_id: str) -> dict[str, list[int]]:
+    """image_id -> its fold in each repeat, as the sweep's first run stored them (the later runs reuse them)."""
+    table = store.all_splits(run_id)
+    out: dict[str, list[int]] = {}
+    for image_id, fold in zip(table["image_id"], table["fold"].astype(int)):  # ordered by repeat
+        out.setdefault(image_id, []).append(int(fold))
+    return out

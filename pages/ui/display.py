@@ -130,6 +130,16 @@ def subgroup_table(rows: list[dict]) -> pd.DataFrame:
     } for r in rows])
 
 
+def repeats_table(rows: list[dict]) -> pd.DataFrame:
+    """core.results.repeats rows as the Runs page shows them: each repeat's pooled AUC and rates at 0.5, with intervals."""
+    return pd.DataFrame([{
+        "repeat": r["repeat"] + 1, "images": r["n"],
+        "AUC % (95 % CI)": f"{auc(r['auc'])} ({interval(r['auc_ci_low'], r['auc_ci_high'], 2).removesuffix(' %')})",
+        "sensitivity %": pct(r["sensitivity"]), "sensitivity 95 % CI": interval(r["sensitivity_ci_low"], r["sensitivity_ci_high"]),
+        "specificity %": pct(r["specificity"]), "specificity 95 % CI": interval(r["specificity_ci_low"], r["specificity_ci_high"]),
+    } for r in rows])
+
+
 def external_table(row: dict) -> pd.DataFrame:
     """The run's out-of-fold figures, then each external validation's, side by side (report row keys)."""
     def views(v: dict) -> str:
@@ -151,7 +161,8 @@ def external_table(row: dict) -> pd.DataFrame:
                            for e in row["external"]])
 
 
-TABLE3_KEY = ("AUC % (95% CI, DeLong)", "sensitivity % (95% CI)", "specificity % (95% CI)", "DeLong p vs first", "Holm p")
+TABLE3_KEY = ("AUC % (95% CI, DeLong)", "sensitivity % (95% CI)", "specificity % (95% CI)", "DeLong p vs first", "Holm p",
+              "AUC % over repeats, mean ± SD (range)", "corrected t-test p vs first")  # the last two only for repeated runs
 
 
 def table3_key_columns(columns, varies) -> list[str]:
