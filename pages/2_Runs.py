@@ -143,7 +143,7 @@ if "repeats" in row:  # repeated cross-validation: how much the split alone move
                f"are repeat 1's. Pooled AUC over repeats: mean {display.auc(spread['auc_mean'])}, SD {display.pct(spread['auc_sd'], 2)}, "
                f"range {display.auc(spread['auc_min'])}-{display.auc(spread['auc_max'])}. A difference between two runs smaller "
                "than this spread may be the split, not the setting: Compare's corrected t-test accounts for it.")
-    left, right = st.columns([2, 3])
+    left, right = st.columns(2)
     left.plotly_chart(figures.repeats_plot(row["repeats"]), width="stretch")
     right.markdown("**Each repeat at 0.5** (95 % DeLong and Wilson intervals)")
     right.dataframe(display.repeats_table(row["repeats"]), hide_index=True, width="stretch")

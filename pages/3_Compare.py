@@ -63,6 +63,8 @@ key_columns = display.table3_key_columns(table.columns, c["varies"])
 st.dataframe(table[key_columns].style.set_properties(subset=c["varies"], **display.HIGHLIGHT) if c["varies"] else table[key_columns],
              width="stretch")
 if any("repeats_summary" in r for r in c["rows"]):
+    st.markdown("**Over repeated cross-validation**")
+    st.dataframe(display.repeats_compare_table(c["rows"]), hide_index=True, width="stretch")
     st.caption("Repeated cross-validation: the figures are each run's first repeat; 'over repeats' is the spread of the pooled AUC "
                "over its repeats (a new split each). Corrected t-test: Nadeau-Bengio corrected resampled t-test of the per-fold AUC "
                "differences over every repeat's folds, for runs that share their splits (a sweep's runs do); it allows for the "

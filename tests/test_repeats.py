@@ -13,7 +13,7 @@ from core import CxrError
 from core.config import RunConfig
 from core.data.splits import assign_folds, assign_repeated_folds, held_out
 from core.results.repeats import corrected_test, per_repeat, summary
-from core.results.report import table3, to_json, to_markdown
+from core.results.report import _p, table3, table_cells, to_json, to_markdown
 from core.results.stats import corrected_resampled_ttest
 from core.results.store import Store
 from core.training.engine import resume_cross_validation, run_cross_validation
@@ -120,8 +120,13 @@ def test_table3_and_the_json_report_show_the_spread_over_repeats_and_the_correct
     assert test["folds"] == 6 and test["df"] == 5 and rows[1]["corrected_p_vs_first"] == test["p"]
     fa, fb = store.folds(b, every_repeat=True), store.folds(a, every_repeat=True)
     assert test["mean_auc_difference"] == pytest.approx(float((fa["auc"] - fb["auc"]).mean()))
-    markdown = to_markdown(table3(store, [a, b]))
-    assert "AUC % over repeats, mean ± SD (range)" in markdown and "corrected t-test p vs first" in markdown
+    header, body = table_cells(table3(store, [a, b]))
+    spread = header.index("AUC % over repeats, mean ± SD (range)")
+    assert header.index("training time") == spread + 1 and header[-1] == "corrected t-test p vs first"
+    assert all(len(cells) == len(header) for cells in body)  # every cell under its own header
+    assert body[0][spread].endswith("3 repeats)") and body[0][-1] == "-" and body[1][-1] == _p(rows[1]["corrected_p_vs_first"])
+    assert "min" in body[0][spread + 1]  # the training time follows the spread, not the other way round
+    assert "corrected t-test p vs first" in to_markdown(table3(store, [a, b]))
     # a run on other splits (one repeat) gets no corrected test against them
     assert corrected_test(store, single, a) is None
 

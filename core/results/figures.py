@@ -94,7 +94,7 @@ def repeats_plot(rows: list[dict]) -> go.Figure:
     auc = np.array([r["auc"] for r in rows], dtype=float)
     error = {"type": "data", "symmetric": False, "array": [r["auc_ci_high"] - r["auc"] for r in rows],
              "arrayminus": [r["auc"] - r["auc_ci_low"] for r in rows], "color": OKABE_ITO[4]}
-    labels = [f"repeat {r['repeat'] + 1}" + (" (the run's result)" if r["repeat"] == 0 else "") for r in rows]
+    labels = [f"repeat {r['repeat'] + 1}" + (" (reported)" if r["repeat"] == 0 else "") for r in rows]
     traces = [_scatter(x=auc, y=labels, mode="markers", error_x=error, marker={"color": OKABE_ITO[4], "size": 10},
                        name="pooled AUC of the repeat (95 % DeLong CI)")]
     mean = float(np.mean(auc))
@@ -102,7 +102,7 @@ def repeats_plot(rows: list[dict]) -> go.Figure:
     traces.append(_scatter(x=[None], y=[None], mode="lines", line=line, name=f"mean over repeats {100 * mean:.2f} %"))
     shapes = [{"type": "line", "x0": mean, "x1": mean, "xref": "x", "y0": 0, "y1": 1, "yref": "y domain", "line": line}]
     low = float(np.nanmin([r["auc_ci_low"] for r in rows] + [mean]))
-    return _figure(traces, "Pooled AUC per repeat of the cross-validation", "AUC (area under the ROC curve, as a fraction)", "repeat (a new split each)",
+    return _figure(traces, "Pooled AUC per repeat", "AUC (as a fraction)", "repeat (a new split each)",
                    xaxis={"range": [max(0.0, min(0.5, low - 0.05)), 1.02]}, yaxis={"autorange": "reversed"}, shapes=shapes)
 
 

@@ -199,7 +199,7 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
             body[-1][-2:-2] = [f"{100 * r['pointing_game']:.0f} ({100 * r['pointing_chance']:.0f})",
                                f"{100 * r['energy_in_mask']:.1f} ({100 * r['energy_chance']:.1f})"]
         if repeated:
-            body[-1].insert(header.index("training time"), _over_repeats(r.get("repeats_summary")))
+            body[-1].insert(header.index("AUC % over repeats, mean ± SD (range)"), _over_repeats(r.get("repeats_summary")))
         if corrected:
             body[-1].append(_p(r.get("corrected_p_vs_first")))
     return header, body

@@ -133,11 +133,32 @@ def subgroup_table(rows: list[dict]) -> pd.DataFrame:
 def repeats_table(rows: list[dict]) -> pd.DataFrame:
     """core.results.repeats rows as the Runs page shows them: each repeat's pooled AUC and rates at 0.5, with intervals."""
     return pd.DataFrame([{
-        "repeat": r["repeat"] + 1, "images": r["n"],
+        "repeat": r["repeat"] + 1,  # every repeat predicts every image once: no images column
         "AUC % (95 % CI)": f"{auc(r['auc'])} ({interval(r['auc_ci_low'], r['auc_ci_high'], 2).removesuffix(' %')})",
-        "sensitivity %": pct(r["sensitivity"]), "sensitivity 95 % CI": interval(r["sensitivity_ci_low"], r["sensitivity_ci_high"]),
-        "specificity %": pct(r["specificity"]), "specificity 95 % CI": interval(r["specificity_ci_low"], r["specificity_ci_high"]),
+        # each rate with its interval in one column: the table fits beside the plot
+        "sensitivity % (95 % CI)": f"{pct(r['sensitivity'])} ({interval(r['sensitivity_ci_low'], r['sensitivity_ci_high']).removesuffix(' %')})",
+        "specificity % (95 % CI)": f"{pct(r['specificity'])} ({interval(r['specificity_ci_low'], r['specificity_ci_high']).removesuffix(' %')})",
     } for r in rows])
+
+
+def repeats_compare_table(rows: list[dict]) -> pd.DataFrame:
+    """Compare's view of repeated runs: each run's spread of the pooled AUC over its repeats, and the corrected
+    resampled t-test against the first run (where both share their splits)."""
+    def test(r: dict) -> str:
+        t = r.get("corrected_test_vs_first")
+        if not t:
+            return "reference" if r is rows[0] else "not on the same splits"
+        p = "< 0.001" if t["p"] < 0.001 else f"{t['p']:.3f}"
+        return f"p {p} (t {t['t']:.2f}, {t['df']} df; mean difference {100 * t['mean_auc_difference']:+.2f} points over {t['folds']} folds)"
+
+    out = []
+    for r in rows:
+        s = r.get("repeats_summary")
+        out.append({"run": r["name"], "repeats": s["repeats"] if s else 1,
+                    "pooled AUC % over repeats, mean ± SD": f"{auc(s['auc_mean'])} ± {pct(s['auc_sd'], 2)}" if s else MISSING,
+                    "range": f"{auc(s['auc_min'])}-{auc(s['auc_max'])}" if s else MISSING,
+                    "corrected t-test vs first": test(r)})
+    return pd.DataFrame(out)
 
 
 def external_table(row: dict) -> pd.DataFrame:
@@ -162,7 +183,7 @@ def external_table(row: dict) -> pd.DataFrame:
 
 
 TABLE3_KEY = ("AUC % (95% CI, DeLong)", "sensitivity % (95% CI)", "specificity % (95% CI)", "DeLong p vs first", "Holm p",
-              "AUC % over repeats, mean ± SD (range)", "corrected t-test p vs first")  # the last two only for repeated runs
+              "corrected t-test p vs first")  # the last one only for runs on shared repeated splits (Compare shows the spread apart)
 
 
 def table3_key_columns(columns, varies) -> list[str]:
