@@ -69,7 +69,8 @@ def corrected_test(store: Store, a: str, b: str) -> dict | None:
     """Run `a` against run `b` over their shared R x k folds (per-fold AUC): the corrected resampled t-test, or None when
     the runs are not repeated or not on the same splits (then no valid paired comparison over repeats exists)."""
     fa, fb = store.folds(a, every_repeat=True), store.folds(b, every_repeat=True)
-    if len(fa) < 4 or len(fa) != len(fb) or not same_splits(store, a, b):
+    repeated = len(fa) > len(store.folds(a))  # one k-fold run: DeLong on its pooled predictions is the test
+    if not repeated or len(fa) < 4 or len(fa) != len(fb) or not same_splits(store, a, b):
         return None
     merged = fa[fa["status"] == "finished"].merge(fb[fb["status"] == "finished"], on="fold", suffixes=("_a", "_b"))
     if len(merged) != len(fa):
