@@ -118,6 +118,34 @@ def get_args_parser() -> argparse.ArgumentParser:
     validate.add_argument("--no-progress", action="store_true", help=argparse.SUPPRESS)
     _common(validate)
 
+    study = sub.add_parser("study", help="reader studies: create one from a run, export it to read elsewhere, import reads back")
+    study_sub = study.add_subparsers(dest="study_command", required=True)
+    create = study_sub.add_parser("create", help="a seeded sample of a finished run's images, stratified by class; prints its id")
+    create.add_argument("run_id")
+    create.add_argument("--images", type=int, default=20, help="images in the study (default 20, half of each class)")
+    create.add_argument("--seed", type=int, default=0)
+    create.add_argument("--name", default="")
+    create.add_argument("--no-aided", action="store_true", help="no aided session (model shown) after the unaided one")
+    _common(create)
+    study_export = study_sub.add_parser("export", help="the study with its pictures and reads as one JSON file")
+    study_export.add_argument("study_id")
+    study_export.add_argument("--out", type=Path, required=True)
+    _common(study_export)
+    study_import = study_sub.add_parser("import", help="create the study from its file if needed, then merge the file's reads")
+    study_import.add_argument("file", type=Path)
+    _common(study_import)
+    study_list = study_sub.add_parser("list", help="the studies in the store")
+    _common(study_list)
+
+    reader_report = sub.add_parser("reader-report", help="a reader study's statistics: readers against the model, aided against unaided")
+    reader_report.add_argument("study_id")
+    reader_report.add_argument("--format", choices=["md", "json", "html"], default="md")
+    _common(reader_report)
+
+    review = sub.add_parser("review-tags", help="a run's review tags as CSV (image, truth, probability, reviewer, tag, note)")
+    review.add_argument("run_id")
+    _common(review)
+
     cluster = sub.add_parser("cluster", help="the Ray cluster's nodes, CPUs and GPUs, in all and free now, as JSON (for --executor ray)")
     cluster.add_argument("--ray-address", default="", metavar="ADDRESS",
                          help="auto or HOST:PORT of a running cluster; '' (default) starts a private instance here to show this machine")
@@ -163,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return {"demo-data": cmd_demo_data, "cohort": cmd_cohort, "run": cmd_run, "resume": cmd_resume, "sweep": cmd_sweep, "report": cmd_report, "export": cmd_export, "predict": cmd_predict, "runs": cmd_runs,
                 "settings": cmd_settings, "bench": cmd_bench, "weights": cmd_weights,
-                "cluster": cmd_cluster, "validate": cmd_validate}[args.command](args)
+                "cluster": cmd_cluster, "validate": cmd_validate, "study": cmd_study, "reader-report": cmd_reader_report,
+                "review-tags": cmd_review_tags}[args.command](args)
     except CxrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -476,6 +505,52 @@ def cmd_validate(args: argparse.Namespace) -> int:
           f"{ext['n_images']} images, sensitivity {100 * ext['sensitivity']:.1f} %, specificity {100 * ext['specificity']:.1f} %"
           + ("" if ext["p_vs_internal"] is None else f"; p (external vs internal AUC) {ext['p_vs_internal']:.3g}"), file=sys.stderr)
     print(evaluation_id)
+    return 0
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from core.results.store import Store, default_runs_dir
+    from core.review import studies
+
+    store = Store(args.runs_dir or default_runs_dir())
+    if args.study_command == "create":
+        print(studies.create_study(store, args.run_id, n_images=args.images, seed=args.seed, name=args.name, aided=not args.no_aided))
+    elif args.study_command == "export":
+        args.out.write_bytes(studies.export_study(store, args.study_id))
+        print(f"wrote {args.out}", file=sys.stderr)
+    elif args.study_command == "import":
+        if not args.file.is_file():
+            raise CxrError(f"no file {args.file}")
+        if args.file.stat().st_size > studies.MAX_FILE_BYTES:
+            raise CxrError(f"{args.file} is larger than a study file can be ({studies.MAX_FILE_BYTES // 2**20} MiB)")
+        result = studies.import_study(store, args.file.read_bytes())
+        print(json.dumps(result))
+    else:
+        table = store.studies()
+        print(table[["study_id", "name", "run_id", "n_images", "aided", "n_reads", "origin"]].to_string(index=False) if not table.empty
+              else "no reader study yet: python -m core study create RUN_ID")
+    return 0
+
+
+def cmd_reader_report(args: argparse.Namespace) -> int:
+    from core.results.store import Store, default_runs_dir
+    from core.review import studies
+
+    stats = studies.statistics(Store(args.runs_dir or default_runs_dir()), args.study_id)
+    if args.format == "json":
+        print(json.dumps(stats, indent=2))
+    elif args.format == "html":
+        print(studies.report_html(stats), end="")
+    else:
+        print(studies.report_markdown(stats), end="")
+    return 0
+
+
+def cmd_review_tags(args: argparse.Namespace) -> int:
+    from core.results.store import Store, default_runs_dir
+    from core.review.queue import tags_csv
+
+    print(tags_csv(Store(args.runs_dir or default_runs_dir()), args.run_id), end="")
     return 0
 
 

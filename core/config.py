@@ -86,6 +86,8 @@ class RunConfig:
 
     # --- protocol -------------------------------------------------------------------------
     folds: int = _f(10, "Number of cross-validation folds.", min=2, max=50)
+    exclude_label_errors: bool = _f(False, "Leave out the images that a reviewer tagged as a label error (Review page) in any run on "
+                                    "the same data; each is counted in the data flow with the reason.")
     repeats: int = _f(1, "Repeat the k-fold cross-validation this many times, each on a new split (seeded, patients kept together); "
                       "the results are the first repeat's, with the spread over repeats beside them.", min=1, max=20)
     group_by_patient: bool = _f(True, "Keep every patient's images in one fold (whenever patient ids are known).")
@@ -261,7 +263,7 @@ SECTIONS: dict[str, list[str]] = {
     "Model and weights": ["backbone", "weights", "head_lr_factor", "freeze_backbone"],
     "Optimisation": ["optimizer", "learning_rate", "momentum", "weight_decay", "batch_size", "max_iterations", "max_epochs", "eval_every"],
     "Augmentation": ["augment", "aug_prob", "aug_scale", "aug_crop", "aug_translate"],
-    "Cross-validation": ["folds", "repeats", "group_by_patient", "seed", "positive_class"],
+    "Cross-validation": ["folds", "repeats", "group_by_patient", "seed", "positive_class", "exclude_label_errors"],
     "Grad-CAM": ["gradcam", "gradcam_method", "gradcam_flip", "gradcam_max", "gradcam_size"],
     "Execution": ["device", "num_threads", "precision", "channels_last", "torch_compile", "cuda_graphs", "parallel_folds", "save_models", "eval_batch_size"],
     "Scale-out (Ray)": ["executor", "ray_address", "gpus_per_fold", "cpus_per_fold"],

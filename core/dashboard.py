@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core import CxrError
 from core.data.sources import DEMO_MARKER
 from core.results.eta import eta_seconds
 from core.results.records import RunRecord, RunSummary
@@ -208,6 +209,21 @@ def _gallery(store: Store, run_id: str, *, outcomes: list[str], target: str, fol
     for npz in loaded.values():
         npz.close()
     return items
+
+
+def case_image(runs_dir: Path, run_id: str, image_id: str, *, display: int = 384) -> np.ndarray:
+    """One image of a run's data set, grey at `display` px (the Review page's cases); a CxrError says why it cannot be read."""
+    from core.data.decode import DecodeError, decode_gray
+
+    store = Store(Path(runs_dir))
+    run = store.run_record(run_id)
+    rows = store.rows("SELECT path FROM images WHERE dataset_id = ? AND image_id = ?", [run.dataset_id, image_id])
+    if not rows:
+        raise CxrError(f"{image_id!r} is not an image of run {run_id}'s data set")
+    try:
+        return decode_gray(rows[0][0], display)
+    except DecodeError as exc:
+        raise CxrError(f"cannot read {image_id}: {exc} (has the data set moved since the run?)") from None
 
 
 def cams_for(runs_dir: Path, run_id: str, image_ids: list[str], *, target: str = "predicted") -> dict[str, dict]:

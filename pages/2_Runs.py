@@ -17,6 +17,8 @@ from core import CxrError
 from core.results import figures
 from core.dashboard import delete_run, disk_used, evaluation_ids, predictions_csv, run_detail, threshold_rates, update_run_labels
 from core.jobs.launch import start_resume, start_validate
+from core.results.store import Store
+from core.review.queue import tag_counts
 from core.safety import check_data_path, demo_mode
 from pages import page_setup
 from pages.ui import display
@@ -192,6 +194,17 @@ if not DEMO:
                     st.error(str(exc))
                 else:
                     st.success("Validating in the background; the result shows here when it is stored (reload the page).")
+
+st.subheader("Failure review")
+counts = tag_counts(Store(RUNS_DIR), run_id)  # read afresh, not from the cached detail: reviewers tag while this page is open
+if sum(counts.values()):
+    st.caption("Cases per tag that reviewers gave to this run's misses (a case tagged alike by two reviewers counts once).")
+    st.dataframe(pd.DataFrame([counts]), hide_index=True, width="stretch")
+else:
+    st.caption("No case of this run tagged yet.")
+if st.button("Tag this run's misses on the Review page", key="runs_review"):
+    st.session_state["review_run"] = run_id  # the Review page opens on this run
+    st.switch_page("pages/7_Review.py")
 
 curves_section(d["curve"])
 

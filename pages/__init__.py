@@ -31,6 +31,10 @@ def navigation():
             st.Page("pages/5_Predict.py", title="Predict", icon=":material/image_search:"),
             st.Page("pages/6_Export.py", title="Export", icon=":material/download:"),
         ],
+        "Clinicians": [
+            st.Page("pages/7_Review.py", title="Review", icon=":material/rule:"),
+            st.Page("pages/8_Reader_study.py", title="Reader study", icon=":material/visibility:"),
+        ],
     })
 
 

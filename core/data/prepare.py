@@ -56,8 +56,12 @@ def cache_dir_for(runs_dir: Path) -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path(runs_dir) / "cache")
 
 
-def prepare_data(cfg: RunConfig, *, cache_dir: Path, progress: Callable[[int, int], None] | None = None) -> PreparedData:
+def prepare_data(cfg: RunConfig, *, cache_dir: Path, progress: Callable[[int, int], None] | None = None,
+                 excluded: dict[str, str] | None = None) -> PreparedData:
     """Build the manifest, load every image through the cache and index the classes.
+
+    `excluded` (image_id -> reason) leaves those images out before loading, each counted with its reason in the
+    data flow like an unreadable file (e.g. reviewers' label errors, `exclude_label_errors`).
 
     Raises:
         CxrError: no usable image, or the positive class is not among the labels.
@@ -74,6 +78,9 @@ def prepare_data(cfg: RunConfig, *, cache_dir: Path, progress: Callable[[int, in
     )
     table = manifest.table.copy()
     table["content_hash"] = ""
+    if excluded:
+        chosen = (table["excluded_reason"] == "") & table["image_id"].isin(list(excluded))
+        table.loc[chosen, "excluded_reason"] = table.loc[chosen, "image_id"].map(excluded)
     todo = table.index[table["excluded_reason"] == ""]
     loaded = ImageCache(cache_dir).load_many(table.loc[todo, "path"].tolist(), cfg.image_size, progress=progress)
     pixels = []

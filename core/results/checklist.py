@@ -32,7 +32,7 @@ class Answer:
 
 # Sections of the HTML report (core/results/export.py gives each its id); the checklist links to them.
 SECTIONS = {"results": "Results (Table 3 layout)", "operating-points": "Operating points", "repeats": "Repeated cross-validation",
-            "subgroups": "Subgroups", "external": "External validation", "calibration": "Calibration", "figures": "Figures",
+            "subgroups": "Subgroups", "external": "External validation", "review": "Failure review and reader studies", "calibration": "Calibration", "figures": "Figures",
             "runs": "Folds, data and configuration"}
 
 _AUTHORS_ONLY = {
@@ -69,6 +69,7 @@ def claim_answers(rows: list[dict]) -> list[Answer]:
         "localised": any(r.get("pointing_game") is not None for r in rows),
         "grouped": all(r.get("leak_status") == "clean" for r in rows),
         "corrected": any(r.get("corrected_p_vs_first") is not None for r in rows),
+        "reviewed": any(sum(r.get("review_tags", {}).values()) for r in rows),
     }
     a: dict[int, Answer] = {}
 
@@ -133,9 +134,13 @@ def claim_answers(rows: list[dict]) -> list[Answer]:
     put(37, "Performance metrics with statistical uncertainty", IN_REPORT, "results", "Every figure of Table 3 with its interval.")
     put(38, "Estimates of diagnostic performance and their precision", IN_REPORT, "operating-points",
         "Sensitivity, specificity, PPV and NPV with intervals at each operating point; calibration and Brier score.")
-    put(39, "Failure analysis of incorrect results", PARTLY if has["cams"] else AUTHORS, "runs" if has["cams"] else "",
-        "Heat maps of false negatives and false positives among the examples; why the model failed is the authors' analysis."
-        if has["cams"] else "No heat maps stored.")
+    if has["reviewed"]:
+        put(39, "Failure analysis of incorrect results", IN_REPORT, "review", "Reviewers' tags of the misses (label error, subtle "
+            "finding, support device, ...) counted per tag" + (", with heat maps of misses among the examples." if has["cams"] else "."))
+    else:
+        put(39, "Failure analysis of incorrect results", PARTLY if has["cams"] else AUTHORS, "runs" if has["cams"] else "",
+            "Heat maps of false negatives and false positives among the examples; tag the misses on the Review page to count "
+            "what they are." if has["cams"] else "No heat maps stored; tag the misses on the Review page to count what they are.")
     put(42, "Reference to the full study protocol or technical details", PARTLY, "runs", "Each run's full configuration and run "
         "id reproduce it with this tool; a protocol document is the authors'.")
     put(43, "Availability of software, trained model and data", PARTLY, "runs", "Software name and versions are given; where "

@@ -109,6 +109,29 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
         parts.append("<p class='muted'>External: the run's fold models (mean probability) on another data set with the same "
                      "classes; p: unpaired DeLong test against the internal out-of-fold AUC.</p>")
 
+    reviewed = [r for r in rows if sum(r.get("review_tags", {}).values())]
+    studied = [r for r in rows if r.get("reader_studies")]
+    if reviewed or studied:
+        parts.append("<h2 id='review'>Failure review and reader studies</h2>")
+    if reviewed:
+        tags = list(reviewed[0]["review_tags"])
+        parts.append(_table(["run", *tags], [[r["name"], *(r["review_tags"][t] for t in tags)] for r in reviewed]))
+        parts.append("<p class='muted'>Cases per tag that reviewers gave on the Review page (a case tagged alike by two reviewers "
+                     "counts once per tag). Label errors can be left out of a next run (exclude_label_errors).</p>")
+    if studied:
+        study_rows = []
+        for r in studied:
+            for s in r["reader_studies"]:
+                for p in s["pooled"]:
+                    m, mod = p["reader_metrics"], p["model_metrics"]
+                    study_rows.append([r["name"], s["name"], p["session"], p["n_readers"], p["n_read"], _rate(m, "sensitivity"),
+                                       _rate(m, "specificity"), _auc_ci(m), _auc_ci(mod)])
+        parts.append(_table(["run", "study", "session", "readers", "reads", "sensitivity % (95% CI)", "specificity % (95% CI)",
+                             "readers' AUC % (95% CI)", "model AUC % on the same reads"], study_rows))
+        parts.append("<p class='muted'>Readers' calls on a stratified sample of the run's images, pooled over readers: every read "
+                     "counted as independent (no multi-reader multi-case analysis), so the intervals are too narrow. Per reader "
+                     "figures and the paired tests: python -m core reader-report STUDY_ID.</p>")
+
     parts.append("<h2 id='calibration'>Calibration</h2>")
     parts.append("<ul>" + "".join(f"<li><b>{_e(r['name'])}</b>: {_e(figures.calibration_title(r))}</li>" for r in rows) + "</ul>")
     parts.append("<p class='muted'>Logistic recalibration (Wald 95 % intervals). The decision curve below (net benefit against "
@@ -241,6 +264,17 @@ def _table(header: list[str], rows: list[list], *, highlight: int = 0) -> str:
                   for cells in rows)
     # in a scrolling box: a comparison of many runs with many differing settings is wider than the page
     return f"<div class=wide><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
+
+
+def _rate(m: dict, key: str) -> str:
+    """A reader's rate with its interval, or '-' where it has no denominator (None, never a fake 0)."""
+    return "-" if m.get(key) is None else _with_ci(m, key)
+
+
+def _auc_ci(m: dict) -> str:
+    if m.get("auc") is None:
+        return "-"
+    return f"{100 * m['auc']:.2f} ({100 * m['auc_ci_low']:.2f}-{100 * m['auc_ci_high']:.2f})"
 
 
 def _e(value) -> str:

@@ -20,6 +20,8 @@ from core.results.subgroups import subgroup_rows
 from core.results.stats import (at_threshold, auc_delong, calibration, calibration_fit, decision_curve, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
 from core.results.store import Store
+from core.review.queue import tag_counts
+from core.review.studies import reader_study_summaries
 
 IN_SAMPLE = "pooled out-of-fold predictions of this run (chosen and evaluated on the same predictions: optimistic)"
 CROSS_FITTED = "for each fold, the other folds' out-of-fold predictions; applied to that fold (no image picks its own threshold)"
@@ -115,6 +117,8 @@ def run_row(store: Store, run_id: str, *, min_sensitivity: float = 0.9) -> tuple
     if run.pointing_game is not None:
         for key in ("pointing_game", "pointing_chance", "energy_in_mask", "energy_chance"):
             row[key] = getattr(run, key)
+    row["review_tags"] = tag_counts(store, run_id)  # clinicians in the loop: what reviewers said the misses are
+    row["reader_studies"] = reader_study_summaries(store, run_id)
     return row, dict(zip(preds["image_id"], scores)), dict(zip(preds["image_id"], y))
 
 

@@ -30,7 +30,7 @@ import pandas as pd
 from core import CxrError
 from core.results.records import RunRecord, RunSummary
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 DB_NAME = "runs.duckdb"
 RUNS_DIR_ENV = "CXR_RUNS_DIR"
 
@@ -124,8 +124,25 @@ CREATE TABLE IF NOT EXISTS repeat_predictions (
     PRIMARY KEY (run_id, repeat, image_id));
 """
 
+# v9: clinicians in the loop (core/review/): reviewers' tags of a run's cases, and reader studies (a fixed sample of a
+# run's images under opaque case ids, and every read of a case by a reader in a session, exactly once).
+_SCHEMA_V9 = """
+CREATE TABLE IF NOT EXISTS review_tags (
+    run_id VARCHAR, image_id VARCHAR, reviewer VARCHAR, tag VARCHAR, note VARCHAR, tagged_at TIMESTAMP,
+    PRIMARY KEY (run_id, image_id, reviewer));
+CREATE TABLE IF NOT EXISTS studies (
+    study_id VARCHAR PRIMARY KEY, name VARCHAR, run_id VARCHAR, created_at TIMESTAMP, seed INTEGER, n_images INTEGER,
+    aided BOOLEAN, threshold DOUBLE, positive_class VARCHAR, negative_class VARCHAR, origin VARCHAR);
+CREATE TABLE IF NOT EXISTS study_cases (
+    study_id VARCHAR, case_id VARCHAR, image_id VARCHAR, truth BOOLEAN, prob_positive DOUBLE, has_cam BOOLEAN,
+    PRIMARY KEY (study_id, case_id));
+CREATE TABLE IF NOT EXISTS reads (
+    study_id VARCHAR, reader VARCHAR, session VARCHAR, case_id VARCHAR, call INTEGER, confidence INTEGER, seconds DOUBLE,
+    read_at TIMESTAMP, PRIMARY KEY (study_id, reader, session, case_id));
+"""
+
 MIGRATIONS: dict[int, str] = {1: _SCHEMA_V1, 2: _SCHEMA_V2, 3: _SCHEMA_V3, 4: _SCHEMA_V4, 5: _SCHEMA_V5, 6: _SCHEMA_V6,
-                              7: _SCHEMA_V7, 8: _SCHEMA_V8}  # version -> SQL that brings version-1 up to it
+                              7: _SCHEMA_V7, 8: _SCHEMA_V8, 9: _SCHEMA_V9}  # version -> SQL that brings version-1 up to it
 
 
 class DiskFullError(CxrError):
@@ -410,7 +427,8 @@ class Store:
         with self.transaction() as con:
             con.execute("DELETE FROM evaluation_predictions WHERE evaluation_id IN (SELECT evaluation_id FROM evaluations WHERE run_id = ?)",
                         [run_id])
-            for table in ("cams", "predictions", "repeat_predictions", "iterations", "folds", "splits", "repeat_splits", "evaluations", "runs"):
+            for table in ("cams", "predictions", "repeat_predictions", "iterations", "folds", "splits", "repeat_splits", "evaluations",
+                          "review_tags", "runs"):
                 con.execute(f"DELETE FROM {table} WHERE run_id = ?", [run_id])
         shutil.rmtree(self.run_dir(run_id), ignore_errors=True)
 
@@ -486,6 +504,64 @@ class Store:
         return self.query("SELECT 0 AS repeat, image_id, fold, label_index, prob_positive FROM predictions WHERE run_id = ? UNION ALL "
                           "SELECT repeat, image_id, fold, label_index, prob_positive FROM repeat_predictions WHERE run_id = ? "
                           "ORDER BY repeat, fold, image_id", [run_id, run_id])
+
+    # -- clinicians in the loop (core/review/) ---------------------------------------------
+    def save_tag(self, run_id: str, image_id: str, reviewer: str, tag: str, note: str = "") -> None:
+        """A reviewer's tag of one case of a run; tagging the case again replaces that reviewer's tag (others' stay)."""
+        with self.transaction() as con:
+            con.execute("INSERT OR REPLACE INTO review_tags VALUES (?, ?, ?, ?, ?, ?)", [run_id, image_id, reviewer, tag, note, now()])
+
+    def tags(self, run_id: str) -> pd.DataFrame:
+        """Every reviewer's tags of a run's cases, oldest first."""
+        return self.query("SELECT image_id, reviewer, tag, note, tagged_at FROM review_tags WHERE run_id = ? ORDER BY tagged_at, image_id",
+                          [run_id])
+
+    def label_errors(self, data: str) -> dict[str, str]:
+        """image_id -> why, for the images of data set `data` (the runs' `data` setting) that a reviewer tagged as a label error
+        in any run on it: what `exclude_label_errors` leaves out of the next run."""
+        rows = self.rows(
+            "SELECT t.image_id, string_agg(DISTINCT t.reviewer, ', ') FROM review_tags t JOIN runs r ON r.run_id = t.run_id "
+            "WHERE t.tag = 'label error' AND json_extract_string(r.config, '$.data') = ? GROUP BY t.image_id", [data])
+        return {image_id: f"label error (tagged by {who})" for image_id, who in rows}
+
+    def save_study(self, study: dict, cases: pd.DataFrame) -> None:
+        """A reader study and its cases (case_id, image_id, truth, prob_positive, has_cam) in one transaction."""
+        with self.transaction() as con:
+            con.execute(f"INSERT INTO studies ({', '.join(study)}) VALUES ({', '.join('?' * len(study))})", list(study.values()))
+            con.register("new_cases", cases.assign(study_id=study["study_id"]))
+            con.execute("INSERT INTO study_cases SELECT study_id, case_id, image_id, truth, prob_positive, has_cam FROM new_cases")
+            con.unregister("new_cases")
+
+    def studies(self) -> pd.DataFrame:
+        return self.query("SELECT s.*, (SELECT count(*) FROM reads r WHERE r.study_id = s.study_id AND r.session <> 'teaching') AS n_reads "
+                          "FROM studies s ORDER BY s.created_at DESC")
+
+    def study(self, study_id: str) -> dict:
+        df = self.query("SELECT * FROM studies WHERE study_id = ?", [study_id])
+        if df.empty:
+            raise CxrError(f"no reader study {study_id!r} in {self.path}; list them on the Reader study page")
+        return df.iloc[0].to_dict()
+
+    def study_cases(self, study_id: str) -> pd.DataFrame:
+        return self.query("SELECT case_id, image_id, truth, prob_positive, has_cam FROM study_cases WHERE study_id = ? ORDER BY case_id",
+                          [study_id])
+
+    def save_reads(self, rows: pd.DataFrame) -> int:
+        """Reads (study_id, reader, session, case_id, call, confidence, seconds, read_at); a read already stored (same study,
+        reader, session and case) is kept and the new one dropped, so merging a file twice counts nothing twice.
+        Returns how many reads were new."""
+        if rows.empty:
+            return 0
+        with self.transaction() as con:
+            before = con.execute("SELECT count(*) FROM reads").fetchall()[0][0]
+            con.register("new_reads", rows)
+            con.execute("INSERT OR IGNORE INTO reads SELECT study_id, reader, session, case_id, call, confidence, seconds, read_at "
+                        "FROM new_reads")
+            con.unregister("new_reads")
+            return int(con.execute("SELECT count(*) FROM reads").fetchall()[0][0] - before)
+
+    def reads(self, study_id: str) -> pd.DataFrame:
+        return self.query("SELECT * FROM reads WHERE study_id = ? ORDER BY reader, session, read_at", [study_id])
 
     def all_splits(self, run_id: str) -> pd.DataFrame:
         """(repeat, image_id, fold) of every repeat's split."""

@@ -155,7 +155,9 @@ def begin_run(
     store.ensure_writable()  # a runs folder that cannot be written stops the run before any decoding
 
     emit({"event": "stage", "text": "reading data set"})
-    data = prepare_data(cfg, cache_dir=cache_dir_for(store.runs_dir), progress=lambda d, t: emit({"event": "loading", "done": d, "total": t}))
+    excluded = store.label_errors(cfg.data) if cfg.exclude_label_errors else None  # reviewers' label errors (core/review/)
+    data = prepare_data(cfg, cache_dir=cache_dir_for(store.runs_dir), progress=lambda d, t: emit({"event": "loading", "done": d, "total": t}),
+                        excluded=excluded)
     # Build one model up front: a missing ImageNet file or a bad weights file stops the run before any training.
     _, weights = build_model(cfg.backbone, len(data.classes), cfg.weights)
     groups = data.groups if cfg.group_by_patient else None
@@ -245,7 +247,12 @@ def begin_resume(store: Store, run_id: str, *, device: str | None = None, progre
     store.ensure_writable()
     try:
         emit({"event": "stage", "text": "reading data set"})
-        data = prepare_data(cfg, cache_dir=cache_dir_for(store.runs_dir), progress=lambda d, t: emit({"event": "loading", "done": d, "total": t}))
+        excluded = None
+        if cfg.exclude_label_errors:  # the label errors the run started without, not those tagged since (same fingerprint)
+            images = store.images(run["dataset_id"])
+            excluded = {i: r for i, r in zip(images["image_id"], images["excluded_reason"]) if str(r).startswith("label error")}
+        data = prepare_data(cfg, cache_dir=cache_dir_for(store.runs_dir), progress=lambda d, t: emit({"event": "loading", "done": d, "total": t}),
+                            excluded=excluded)
         if data.dataset_id != run["dataset_id"]:
             raise CxrError(f"the data set changed since run {run_id} started (fingerprint {data.dataset_id}, was {run['dataset_id']}); "
                            "resume needs the same images: restore them, or start a new run")

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # the engine (torch) is imported only to run: parsing and che
 
 # Settings that change which images go where: a sweep over them would compare runs on other splits.
 SPLIT_FIELDS = {"data", "source", "path_column", "label_column", "group_column", "positive_labels", "fold_column", "folds", "seed",
-                "group_by_patient", "repeats"}
+                "group_by_patient", "repeats", "exclude_label_errors"}
 
 
 def parse_grid(specs: list[str]) -> dict[str, list[str]]:

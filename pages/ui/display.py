@@ -161,6 +161,37 @@ def repeats_compare_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _p_value(v) -> str:
+    return MISSING if _missing(v) else ("< 0.001" if v < 0.001 else f"{v:.3f}")
+
+
+def _with_interval(m: dict, key: str, digits: int = 1) -> str:
+    if _missing(m.get(key)):
+        return MISSING
+    return f"{pct(m[key], digits)} ({interval(m[key + '_ci_low'], m[key + '_ci_high'], digits).removesuffix(' %')})"
+
+
+def reader_table(rows: list[dict]) -> pd.DataFrame:
+    """core.results.readers per-reader rows: the reader's figures, the model's on the same images, and the tests."""
+    return pd.DataFrame([{
+        "reader": r["reader"], "session": r["session"], "images read": r["n_read"],
+        "sensitivity % (95 % CI)": _with_interval(r["reader_metrics"], "sensitivity"),
+        "specificity % (95 % CI)": _with_interval(r["reader_metrics"], "specificity"),
+        "AUC % (95 % CI)": _with_interval(r["reader_metrics"], "auc", 2),
+        "model AUC %, same images": _with_interval(r["model_metrics"], "auc", 2),
+        "p AUC vs model": _p_value(r["vs_model"].get("delong_p")), "p calls vs model": _p_value(r["vs_model"].get("mcnemar_p")),
+        "median s per image": MISSING if _missing(r["median_seconds"]) else f"{r['median_seconds']:.1f}",
+    } for r in rows])
+
+
+def aided_table(rows: list[dict]) -> pd.DataFrame:
+    """Aided against unaided per reader, on the images read in both sessions."""
+    return pd.DataFrame([{
+        "reader": r["reader"], "images read in both": r["n"], "AUC % aided": auc(r["auc_a"]), "AUC % unaided": auc(r["auc_b"]),
+        "p (DeLong, paired)": _p_value(r.get("delong_p")), "p calls (McNemar)": _p_value(r.get("mcnemar_p")),
+    } for r in rows])
+
+
 def external_table(row: dict) -> pd.DataFrame:
     """The run's out-of-fold figures, then each external validation's, side by side (report row keys)."""
     def views(v: dict) -> str:
