@@ -86,15 +86,22 @@ for case in cases.itertuples():
     with right.form(f"review_form_{case.image_id}"):
         st.markdown(f"**{case.image_id}**")
         mine = next(((t, n) for who, t, n in case.tags if who == " ".join(reviewer.split())), None)
-        tag = st.selectbox("Tag", TAGS, index=TAGS.index(mine[0]) if mine else 0, key=f"review_tag_{case.image_id}")
+        # no default tag: a hurried "Save" must not file a label error, which can leave the image out of later runs
+        tag = st.selectbox("Tag", TAGS, index=TAGS.index(mine[0]) if mine else None, placeholder="choose a tag",
+                           key=f"review_tag_{case.image_id}")
         note = st.text_input("Note (optional)", value=mine[1] if mine else "", max_chars=500, key=f"review_note_{case.image_id}")
         if st.form_submit_button("Save tag"):
             try:
+                if tag is None:
+                    raise CxrError("choose a tag first")
                 save_tag(store, run_id, case.image_id, reviewer=reviewer, tag=tag, note=note)
             except CxrError as exc:
                 st.error(str(exc))
             else:
-                st.success(f"Saved: {tag}")
+                st.session_state["review_saved"] = (case.image_id, tag)
+                st.rerun()  # the counts above and the CSV include it at once
+        if st.session_state.get("review_saved", ("",))[0] == case.image_id:
+            st.success(f"Saved: {st.session_state['review_saved'][1]}")
         others = [f"{who}: {t}" + (f" ({n})" if n else "") for who, t, n in case.tags]
         if others:
             st.caption("Tags so far: " + "; ".join(others))

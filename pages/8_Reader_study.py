@@ -191,13 +191,14 @@ if not stats["readers"]:
     st.stop()
 st.caption(f"On exactly the images each reader read; the model calls positive at {stats['threshold']:.2f}. p vs model: paired "
            "DeLong test of the reader's AUC (from their calls and confidences) against the model's, and McNemar's test of the "
-           f"calls. Teaching reads left out: {stats['teaching_reads_excluded']}.")
+           f"calls. Rates and AUC in %, each with its 95 % interval (Wilson, DeLong) in brackets; median s: seconds per image. Teaching reads left out: "
+           f"{stats['teaching_reads_excluded']}.")
 st.dataframe(display.reader_table(stats["readers"]), hide_index=True, width="stretch")
 if stats["aided_vs_unaided"]:
     st.markdown("**Aided against unaided** (the same reader, on the images read in both sessions)")
     st.dataframe(display.aided_table(stats["aided_vs_unaided"]), hide_index=True, width="stretch")
 for pooled in stats["pooled"]:
-    st.caption(f"Pooled {pooled['session']} ({pooled['n_readers']} readers, {pooled['n_read']} reads): "
+    st.caption(f"Pooled {pooled['session']} ({pooled['n_readers']} reader{'s' if pooled['n_readers'] != 1 else ''}, {pooled['n_read']} reads): "
                f"AUC {display.auc(pooled['reader_metrics']['auc'])}, model {display.auc(pooled['model_metrics']['auc'])}. "
                f"{pooled['method']}")
 d1, d2, d3 = st.columns(3)

@@ -254,7 +254,7 @@ def test_a_scripted_reader_completes_an_unaided_and_an_aided_study(server, tmp_p
             assert f"{session} session complete: 10 of 10 cases read" in page.inner_text("body")
         body = page.inner_text("body")
         # the tables draw on a canvas (no text to read here): their headings and the pooled lines are text
-        assert "Aided against unaided" in body and "Pooled unaided (1 readers, 10 reads)" in body and "Pooled aided" in body
+        assert "Aided against unaided" in body and "Pooled unaided (1 reader, 10 reads)" in body and "Pooled aided" in body
         _shot(page, shots / "reader-results.png")
         browser.close()
     import contextlib
@@ -266,6 +266,41 @@ def test_a_scripted_reader_completes_an_unaided_and_an_aided_study(server, tmp_p
     report = json.loads(buffer.getvalue())
     assert [(r["reader"], r["session"], r["n_read"]) for r in report["readers"]] == [("Dr Script", "unaided", 10), ("Dr Script", "aided", 10)]
     assert report["aided_vs_unaided"][0]["n"] == 10 and report["teaching_reads_excluded"] == 0
+
+
+@pytest.mark.slow
+def test_a_reviewer_tags_a_miss_in_the_browser_and_it_is_stored(server, tmp_path):
+    """The Review page as a reviewer uses it: name, tag a case with a note, save; the store holds it with the name."""
+    server, _ = server
+    shots = Path(os.environ.get("CXR_SHOTS_DIR", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    store = _server_store(server)
+    run_id = store.query("SELECT run_id FROM runs WHERE name = 'browser run'")["run_id"].iloc[0]
+    with playwright.sync_playwright() as p:
+        browser = _browser(p)
+        page = browser.new_page(viewport={"width": 1440, "height": 1000})
+        _open(page, f"{server}/Review", "Review queue")
+        _choose(page, page.get_by_label("Run", exact=True).locator(".."), "browser run")
+        _choose(page, page.get_by_label("Cases", exact=True).locator(".."), "least confident")  # every run has those
+        page.get_by_label("Reviewer (name or initials, once per session)").fill("Dr Browser")
+        page.keyboard.press("Enter")
+        _settle(page)
+        _no_exception(page, "review queue")
+        form = page.locator("[data-testid='stForm']").first
+        form.get_by_label("Tag", exact=True).locator("..").click()  # no Escape after it: it clears a selectbox with no default
+        page.get_by_role("option", name="support device").click()
+        form.get_by_label("Note (optional)").fill("line over the left base")
+        form.get_by_role("button", name="Save tag").click()
+        _settle(page)
+        _no_exception(page, "saving a tag")
+        body = page.inner_text("body")
+        assert "Saved: support device" in body and "support device 1" in body  # counted at once
+        _shot(page, shots / "review.png")
+        browser.close()
+    tags = store.tags(run_id)
+    assert (tags["reviewer"] == "Dr Browser").any()
+    mine = tags[tags["reviewer"] == "Dr Browser"].iloc[0]
+    assert mine["tag"] == "support device" and mine["note"] == "line over the left base"
 
 
 def _server_store(server_url: str) -> Store:

@@ -323,7 +323,7 @@ def report_markdown(stats: dict) -> str:
             lines.append(f"| {a['reader']} | {a['n']} | {_pct(c.get('auc_a'), 2)} | {_pct(c.get('auc_b'), 2)} | {_p(c.get('delong_p'))} | "
                          f"{_p(c.get('mcnemar_p'))} |")
     for p in stats["pooled"]:
-        lines += ["", f"Pooled, {p['session']} ({p['n_readers']} readers): sensitivity {_ci(p['reader_metrics'], 'sensitivity')} %, "
+        lines += ["", f"Pooled, {p['session']} ({p['n_readers']} reader{'s' if p['n_readers'] != 1 else ''}): sensitivity {_ci(p['reader_metrics'], 'sensitivity')} %, "
                   f"specificity {_ci(p['reader_metrics'], 'specificity')} %, AUC {_ci(p['reader_metrics'], 'auc', 2)} %; the model on the "
                   f"same reads: AUC {_ci(p['model_metrics'], 'auc', 2)} %. {p['method']}"]
     return "\n".join(lines) + "\n"

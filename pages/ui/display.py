@@ -172,15 +172,16 @@ def _with_interval(m: dict, key: str, digits: int = 1) -> str:
 
 
 def reader_table(rows: list[dict]) -> pd.DataFrame:
-    """core.results.readers per-reader rows: the reader's figures, the model's on the same images, and the tests."""
+    """core.results.readers per-reader rows: the reader's figures, the model's on the same images, and the tests.
+    Short headers (the page's caption says what the intervals and tests are), so the table fits 1440 px."""
     return pd.DataFrame([{
-        "reader": r["reader"], "session": r["session"], "images read": r["n_read"],
-        "sensitivity % (95 % CI)": _with_interval(r["reader_metrics"], "sensitivity"),
-        "specificity % (95 % CI)": _with_interval(r["reader_metrics"], "specificity"),
-        "AUC % (95 % CI)": _with_interval(r["reader_metrics"], "auc", 2),
-        "model AUC %, same images": _with_interval(r["model_metrics"], "auc", 2),
+        "reader": r["reader"], "session": r["session"], "images": r["n_read"],
+        "sensitivity %": _with_interval(r["reader_metrics"], "sensitivity").replace(" %", ""),
+        "specificity %": _with_interval(r["reader_metrics"], "specificity").replace(" %", ""),
+        "AUC %": _with_interval(r["reader_metrics"], "auc", 2).replace(" %", ""),
+        "model AUC %": _with_interval(r["model_metrics"], "auc", 2).replace(" %", ""),
         "p AUC vs model": _p_value(r["vs_model"].get("delong_p")), "p calls vs model": _p_value(r["vs_model"].get("mcnemar_p")),
-        "median s per image": MISSING if _missing(r["median_seconds"]) else f"{r['median_seconds']:.1f}",
+        "median s": MISSING if _missing(r["median_seconds"]) else f"{r['median_seconds']:.1f}",
     } for r in rows])
 
 
