@@ -4,6 +4,7 @@ between machines without loss or double counting, and reported."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -54,6 +55,11 @@ def test_tags_are_stored_per_reviewer_counted_once_per_case_and_exported(finishe
     csv = tags_csv(store, run_id).splitlines()
     assert csv[0] == "image_id,truth,prob_positive,reviewer,tag,note,tagged_at" and len(csv) == 4 and "looks normal" in "\n".join(csv)
     assert review_cases(store, run_id, kinds=["uncertain"], limit=100).set_index("image_id").loc[a, "tags"]
+    # the label errors of a data set, however its path is written; each reviewer named once
+    data = finished[2]
+    for spelling in (str(data), os.path.relpath(data), str(data) + "/"):
+        assert store.label_errors(spelling)[a] == "label error (tagged by Dr A, Dr B)"
+    assert a not in store.label_errors(str(data.parent))
 
 
 @pytest.mark.parametrize(("reviewer", "tag", "message"), [("", "other", "name the reviewer"), ("A", "cute", "unknown tag"),

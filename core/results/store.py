@@ -518,11 +518,17 @@ class Store:
 
     def label_errors(self, data: str) -> dict[str, str]:
         """image_id -> why, for the images of data set `data` (the runs' `data` setting) that a reviewer tagged as a label error
-        in any run on it: what `exclude_label_errors` leaves out of the next run."""
+        in any run on it: what `exclude_label_errors` leaves out of the next run. Paths are compared resolved, so a run on
+        `data/demo` and one on its absolute path are runs on the same data."""
         rows = self.rows(
-            "SELECT t.image_id, string_agg(DISTINCT t.reviewer, ', ') FROM review_tags t JOIN runs r ON r.run_id = t.run_id "
-            "WHERE t.tag = 'label error' AND json_extract_string(r.config, '$.data') = ? GROUP BY t.image_id", [data])
-        return {image_id: f"label error (tagged by {who})" for image_id, who in rows}
+            "SELECT t.image_id, t.reviewer, json_extract_string(r.config, '$.data') FROM review_tags t JOIN runs r ON r.run_id = t.run_id "
+            "WHERE t.tag = 'label error' ORDER BY t.image_id, t.reviewer")
+        target = Path(data).expanduser().resolve()
+        who: dict[str, list[str]] = {}
+        for image_id, reviewer, place in rows:
+            if Path(place).expanduser().resolve() == target and reviewer not in who.setdefault(image_id, []):
+                who[image_id].append(reviewer)
+        return {image_id: f"label error (tagged by {', '.join(names)})" for image_id, names in who.items() if names}
 
     def save_study(self, study: dict, cases: pd.DataFrame) -> None:
         """A reader study and its cases (case_id, image_id, truth, prob_positive, has_cam) in one transaction."""
