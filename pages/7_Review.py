@@ -61,8 +61,11 @@ if cases.empty:
     st.stop()
 
 maps = cams_for(RUNS_DIR, run_id, cases["image_id"].tolist(), target="positive")
-st.image(colour_bar(), width=256)
-st.caption(f"Heat map of the {record.positive_class} class. " + COLOUR_BAR_CAPTION)
+if maps:
+    st.image(colour_bar(), width=256)
+    st.caption(f"Heat map of the {record.positive_class} class. " + COLOUR_BAR_CAPTION)
+else:
+    st.caption("This run stored no heat maps (gradcam off), so the cases show the image alone.")
 for case in cases.itertuples():
     left, middle, right = st.columns([1, 1, 1.3])
     try:
