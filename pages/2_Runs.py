@@ -17,8 +17,8 @@ from core import CxrError
 from core.results import figures
 from core.dashboard import delete_run, disk_used, evaluation_ids, predictions_csv, run_detail, threshold_rates, update_run_labels
 from core.jobs.launch import start_resume, start_validate
+from core.results.clinicians import tag_counts
 from core.results.store import Store
-from core.review.queue import tag_counts
 from core.safety import check_data_path, demo_mode
 from pages import page_setup
 from pages.ui import display

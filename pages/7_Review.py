@@ -14,9 +14,10 @@ import streamlit as st
 
 from core import CxrError
 from core.dashboard import cams_for, case_image
+from core.results.clinicians import TAGS, tag_counts
 from core.results.overlay import COLOUR_BAR_CAPTION, colour_bar, overlay
 from core.results.store import Store
-from core.review.queue import KINDS, TAGS, review_cases, save_tag, tag_counts, tags_csv
+from core.review.queue import KINDS, review_cases, save_tag, tags_csv
 from core.safety import demo_mode
 from pages import page_setup
 from pages.ui.cached import finished_runs, run_record

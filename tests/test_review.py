@@ -12,7 +12,8 @@ import pytest
 from core import CxrError
 from core.results.store import Store
 from core.review import studies
-from core.review.queue import TAGS, review_cases, save_tag, tag_counts, tags_csv
+from core.results.clinicians import TAGS, tag_counts
+from core.review.queue import review_cases, save_tag, tags_csv
 from core.training.engine import run_cross_validation
 
 from conftest import blob_dataset, tiny_config

@@ -19,9 +19,8 @@ from core.results.repeats import corrected_test, repeats_of
 from core.results.subgroups import subgroup_rows
 from core.results.stats import (at_threshold, auc_delong, calibration, calibration_fit, decision_curve, delong_paired, holm, mean_sd, roc_band,
                         threshold_for_sensitivity, threshold_youden, wilson)
+from core.results.clinicians import reader_study_summaries, tag_counts
 from core.results.store import Store
-from core.review.queue import tag_counts
-from core.review.studies import reader_study_summaries
 
 IN_SAMPLE = "pooled out-of-fold predictions of this run (chosen and evaluated on the same predictions: optimistic)"
 CROSS_FITTED = "for each fold, the other folds' out-of-fold predictions; applied to that fold (no image picks its own threshold)"

@@ -14,10 +14,10 @@ import io
 import pandas as pd
 
 from core import CxrError
+from core.results.clinicians import TAGS
 from core.results.store import Store
 from core.safety import refuse_in_demo_mode
 
-TAGS = ("label error", "subtle finding", "support device", "positioning or technique", "artefact", "other")
 KINDS = {"FN": "false negatives", "FP": "false positives", "uncertain": "least confident"}
 MAX_NOTE = 500  # characters: a note, not a report
 
@@ -70,13 +70,6 @@ def save_tag(store: Store, run_id: str, image_id: str, *, reviewer: str, tag: st
     if store.prediction(run_id, image_id) is None:
         raise CxrError(f"run {run_id} has no out-of-fold prediction for {image_id!r}; tag the run's own cases")
     store.save_tag(run_id, image_id, reviewer, tag, note.strip())
-
-
-def tag_counts(store: Store, run_id: str) -> dict[str, int]:
-    """Cases per tag (a case tagged alike by two reviewers counts once per tag), every tag listed, zero included."""
-    tags = store.tags(run_id)
-    counts = tags.drop_duplicates(["image_id", "tag"])["tag"].value_counts().to_dict() if not tags.empty else {}
-    return {tag: int(counts.get(tag, 0)) for tag in TAGS}
 
 
 def tags_csv(store: Store, run_id: str) -> str:

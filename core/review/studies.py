@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from core import CxrError
+from core.results.clinicians import study_report
 from core.results.store import Store, now
 from core.safety import refuse_in_demo_mode
 
@@ -175,30 +176,8 @@ def case_pictures(store: Store, study_id: str, case_id: str) -> tuple[np.ndarray
 
 
 def statistics(store: Store, study_id: str) -> dict:
-    """core.results.readers.study_statistics of the study's reads, on its cases (teaching reads left out there)."""
-    from core.results.readers import study_statistics
-
-    study = store.study(study_id)
-    cases = store.study_cases(study_id)
-    reads = store.reads(study_id)
-    images = pd.DataFrame({"image_id": cases["case_id"], "truth": cases["truth"].astype(bool), "prob_positive": cases["prob_positive"]})
-    reads = reads.rename(columns={"case_id": "image_id"})[["reader", "session", "image_id", "call", "confidence", "seconds"]]
-    out = study_statistics(reads, images, threshold=float(study["threshold"]))
-    out["study"] = {"study_id": study_id, "name": study["name"], "run_id": study["run_id"], "n_images": int(study["n_images"]),
-                    "aided": bool(study["aided"]), "positive_class": study["positive_class"], "negative_class": study["negative_class"]}
-    return out
-
-
-def reader_study_summaries(store: Store, run_id: str) -> list[dict]:
-    """The run's reader studies that have reads, for its report: study_id, name, n_images, and `pooled` and
-    `aided_vs_unaided` of `statistics` (per reader figures stay in `reader-report`)."""
-    studies = store.studies()
-    out = []
-    for s in studies[(studies["run_id"] == run_id) & (studies["n_reads"] > 0)].itertuples():
-        stats = statistics(store, s.study_id)
-        out.append({"study_id": s.study_id, "name": s.name, "n_images": int(s.n_images), "pooled": stats["pooled"],
-                    "aided_vs_unaided": stats["aided_vs_unaided"]})
-    return out
+    """The study's reader report (core.results.clinicians.study_report): per reader, pooled, aided against unaided."""
+    return study_report(store, study_id)
 
 
 # -- one file per study, to read on another machine and merge back ------------------------------------------------
