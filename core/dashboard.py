@@ -61,8 +61,7 @@ def store_version(runs_dir: Path) -> tuple[int, ...]:
 
 def evaluation_ids(runs_dir: Path, run_id: str) -> tuple[str, ...]:
     """A run's external validations (one small query): part of what a cached run detail is keyed on."""
-    df = Store(Path(runs_dir)).query("SELECT evaluation_id FROM evaluations WHERE run_id = ? ORDER BY created_at", [run_id])
-    return tuple(df["evaluation_id"]) if not df.empty else ()
+    return Store(Path(runs_dir)).evaluation_ids(run_id)
 
 
 def finished_runs(runs_dir: Path) -> list[RunSummary]:
@@ -132,9 +131,7 @@ def threshold_rates(detail: dict, threshold: float) -> dict:
 
 
 def sweep_options(runs_dir: Path) -> dict[str, str]:
-    df = Store(Path(runs_dir)).query(
-        "SELECT sweep_id, count(*) AS n, min(created_at) AS started FROM runs WHERE sweep_id IS NOT NULL AND status = 'finished' "
-        "GROUP BY sweep_id ORDER BY started DESC")
+    df = Store(Path(runs_dir)).finished_sweeps()
     return {} if df.empty else {r.sweep_id: f"{r.sweep_id} ({r.n} runs)" for r in df.itertuples()}
 
 
@@ -174,16 +171,10 @@ def _gallery(store: Store, run_id: str, *, outcomes: list[str], target: str, fol
     runs_dir = store.runs_dir
     run = store.run_record(run_id)
     # filtered, sorted and cut in DuckDB: a large data set's heat-map index and image table never come whole into pandas
-    marks = ", ".join("?" for _ in outcomes)
-    cams = store.query(
-        f"SELECT * FROM cams WHERE run_id = ? AND target = ? AND outcome IN ({marks})" + (" AND fold = ?" if fold is not None else "")
-        + " ORDER BY abs(prob_positive - 0.5) DESC, image_id LIMIT ?",
-        [run_id, target, *outcomes, *([fold] if fold is not None else []), int(limit)])
+    cams = store.gallery_cams(run_id, target=target, outcomes=outcomes, fold=fold, limit=limit)
     if cams.empty:
         return []
-    ids = cams["image_id"].tolist()
-    images = store.query(f"SELECT image_id, path, mask_path FROM images WHERE dataset_id = ? AND image_id IN ({', '.join('?' for _ in ids)})",
-                         [run.dataset_id, *ids]).set_index("image_id")
+    images = store.image_files(run.dataset_id, cams["image_id"].tolist()).set_index("image_id")
     loaded: dict[str, np.lib.npyio.NpzFile] = {}
     items = []
     for r in cams.itertuples():
@@ -217,11 +208,11 @@ def case_image(runs_dir: Path, run_id: str, image_id: str, *, display: int = 384
 
     store = Store(Path(runs_dir))
     run = store.run_record(run_id)
-    rows = store.rows("SELECT path FROM images WHERE dataset_id = ? AND image_id = ?", [run.dataset_id, image_id])
-    if not rows:
+    files = store.image_files(run.dataset_id, [image_id])
+    if files.empty:
         raise CxrError(f"{image_id!r} is not an image of run {run_id}'s data set")
     try:
-        return decode_gray(rows[0][0], display)
+        return decode_gray(files["path"].iloc[0], display)
     except DecodeError as exc:
         raise CxrError(f"cannot read {image_id}: {exc} (has the data set moved since the run?)") from None
 
@@ -236,9 +227,7 @@ def cams_for(runs_dir: Path, run_id: str, image_ids: list[str], *, target: str =
     if not image_ids:
         return {}
     store = Store(Path(runs_dir))
-    placeholders = ", ".join("?" for _ in image_ids)
-    rows = store.query(f"SELECT image_id, fold, artifact, slot, outcome, prob_positive FROM cams WHERE run_id = ? AND target = ? "
-                       f"AND image_id IN ({placeholders})", [run_id, target, *image_ids])
+    rows = store.cams_of(run_id, target, image_ids)
     out = {}
     for artifact, part in rows.groupby("artifact"):
         with np.load(Path(runs_dir) / artifact) as npz:
@@ -256,10 +245,9 @@ def job_progress(runs_dir: Path, run_id: str) -> dict:
     from core.jobs.lifecycle import effective_status
 
     store = Store(Path(runs_dir))
-    runs = store.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
-    if runs.empty:  # still reading data, or failed before the run was created: the log says which
+    run = store.find_run(run_id)
+    if run is None:  # still reading data, or failed before the run was created: the log says which
         return {"status": "starting", "log": log_tail(runs_dir, run_id), "fraction": 0.0, "curve": pd.DataFrame()}
-    run = runs.iloc[0].to_dict()
     cfg = RunRecord.from_row(run).config
     curve = store.iterations(run_id)
     done = int((curve["phase"] == "train").sum()) if not curve.empty else 0
@@ -288,10 +276,8 @@ def active_runs(runs_dir: Path) -> dict[str, str]:
     store = Store(Path(runs_dir))
     if not store.path.exists():
         return {}
-    runs = store.query("SELECT run_id, name, status, preset, pid, host, pid_start FROM runs "
-                       "WHERE status IN ('running', 'queued') ORDER BY created_at DESC")
     return {r["run_id"]: f"{r['name'] or r['run_id']} · {r['status']} · {r['preset'] or 'custom'}"
-            for r in runs.to_dict("records") if run_alive(r)}
+            for r in store.active_runs() if run_alive(r)}
 
 
 def unfinished_candidates(runs_dir: Path) -> list[dict]:
@@ -316,8 +302,7 @@ def sweep_progress(runs_dir: Path, sweep_id: str, n_runs: int) -> dict:
     from core.jobs.launch import log_tail
     from core.jobs.lifecycle import process_alive
 
-    runs = Store(Path(runs_dir)).query(
-        "SELECT run_id, name, status, auc, train_seconds, pid, host, pid_start FROM runs WHERE sweep_id = ? ORDER BY created_at", [sweep_id])
+    runs = Store(Path(runs_dir)).sweep_runs(sweep_id)
     if runs.empty:  # the process is still reading the data set (or failed before its first run: the log says)
         return {"status": "starting", "done": 0, "total": n_runs, "table": pd.DataFrame(), "current": None,
                 "log": log_tail(runs_dir, sweep_id)}
@@ -433,8 +418,7 @@ def predictable_runs(runs_dir: Path) -> list[RunSummary]:
 def dataset_images(runs_dir: Path, run_id: str, limit: int = 200) -> dict[str, str]:
     """{image_id: path} of a run's data set, to pick an image without uploading one."""
     store = Store(Path(runs_dir))
-    images = store.query("SELECT image_id, path FROM images WHERE dataset_id = ? AND excluded_reason = '' ORDER BY image_id LIMIT ?",
-                         [store.run_record(run_id).dataset_id, int(limit)])
+    images = store.image_files(store.run_record(run_id).dataset_id, limit=limit)
     return dict(zip(images["image_id"], images["path"]))
 
 

@@ -109,9 +109,8 @@ def mark_interrupted(store) -> list[str]:
     The update is conditional on the pid it checked, so a run that a resume has just taken
     over (new pid) is never marked by mistake.
     """
-    runs = store.query("SELECT run_id, status, pid, host, pid_start FROM runs WHERE status IN ('running', 'queued')")
     marked = []
-    for run in ([] if runs.empty else runs.to_dict("records")):
+    for run in store.active_runs():
         if not run_alive(run) and store.mark_interrupted(run["run_id"], pid=run["pid"], error=INTERRUPTED_ERROR):
             marked.append(run["run_id"])
     return marked
@@ -136,14 +135,7 @@ def check_resumable(store, run_id: str) -> dict:
 
 def unfinished_candidates(store) -> list[dict]:
     """Runs not finished as the store has them (newest first), with the folds they finished: one query, no liveness check."""
-    runs = store.query(
-        "SELECT r.run_id, r.name, r.status, r.error, "
-        # every repeat's folds (repeated cross-validation trains folds x repeats of them)
-        "r.folds * coalesce(TRY_CAST(json_extract_string(r.config, '$.repeats') AS INTEGER), 1) AS folds, r.pid, r.host, r.pid_start, r.created_at, "
-        "(SELECT count(*) FROM folds f WHERE f.run_id = r.run_id AND f.status = 'finished') AS folds_done, "
-        "(SELECT count(*) FROM folds f WHERE f.run_id = r.run_id AND f.status = 'diverged') AS diverged "
-        "FROM runs r WHERE r.status IN ('failed', 'cancelled', 'interrupted', 'running', 'queued') ORDER BY r.created_at DESC")
-    return [] if runs.empty else runs.to_dict("records")
+    return store.unfinished_runs()
 
 
 def unfinished_from(candidates: list[dict]) -> list[dict]:

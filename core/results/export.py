@@ -194,28 +194,23 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
 
 def _has_flow(store: Store, run_id: str) -> bool:
     """Whether the run's data set carries its cohort selection steps (a cohort built by `python -m core cohort`)."""
-    flow = store.query("SELECT d.flow FROM datasets d JOIN runs r ON r.dataset_id = d.dataset_id WHERE r.run_id = ?", [run_id])
-    return not flow.empty and bool(flow["flow"].iloc[0]) and bool(json.loads(flow["flow"].iloc[0]).get("steps"))
+    dataset = store.dataset(store.run_record(run_id).dataset_id)
+    return dataset is not None and bool(dataset["flow"].get("steps"))
 
 
 def _data_summary(store: Store, run: RunRecord) -> str:
     """Counts computed in DuckDB (a data set may hold hundreds of thousands of rows)."""
-    per_class = store.query(
-        "SELECT label AS class, count(*) AS images, count(DISTINCT nullif(group_id, '')) AS patients FROM images "
-        "WHERE dataset_id = ? AND excluded_reason = '' GROUP BY label ORDER BY label", [run.dataset_id])
-    excluded = store.query(
-        "SELECT excluded_reason AS reason, count(*) AS files FROM images WHERE dataset_id = ? AND excluded_reason <> '' "
-        "GROUP BY excluded_reason ORDER BY files DESC", [run.dataset_id])
-    ds = store.query("SELECT source, root FROM datasets WHERE dataset_id = ?", [run.dataset_id])
-    where = f"{ds['source'].iloc[0]} data set at {ds['root'].iloc[0]}" if not ds.empty else "data set"
+    per_class = store.class_counts(run.dataset_id)
+    excluded = store.exclusion_counts(run.dataset_id)
+    ds = store.dataset(run.dataset_id)
+    where = f"{ds['source']} data set at {ds['root']}" if ds is not None else "data set"
     out = [f"<p><b>Data:</b> {_e(where)}; {int(per_class['images'].sum())} images used"
            + (", grouped by patient into folds" if run.grouped else ", no patient ids (folds split by image)") + ".</p>"]
     if run.leakage:
         out.append(f"<p{' class=warn' if run.leak_status == 'leaks' else ''}><b>Patient leakage audit:</b> {_e(run.leakage)}.</p>")
     out.append(_table(["class", "images", "patients"], per_class.values.tolist()))
-    flow = store.query("SELECT flow FROM datasets WHERE dataset_id = ?", [run.dataset_id])
-    if not flow.empty and flow["flow"].iloc[0]:
-        steps = json.loads(flow["flow"].iloc[0]).get("steps", [])
+    steps = ds["flow"].get("steps", []) if ds is not None else []
+    if steps:
         out.append("<p>Cohort selection:</p>" + _table(["step", "images", "studies", "patients", "removed", "reason"],
                    [[st.get("name"), st.get("n_images"), st.get("n_studies"), st.get("n_patients"), st.get("n_removed") or "",
                      st.get("reason") or ""] for st in steps]))

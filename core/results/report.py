@@ -157,10 +157,10 @@ def table3(store: Store, run_ids: list[str], *, min_sensitivity: float = 0.9) ->
 
 
 def sweep_run_ids(store: Store, sweep_id: str) -> list[str]:
-    df = store.query("SELECT run_id FROM runs WHERE sweep_id = ? AND status = 'finished' ORDER BY created_at", [sweep_id])
-    if df.empty:
+    ids = store.sweep_finished_ids(sweep_id)
+    if not ids:
         raise CxrError(f"no finished run in sweep {sweep_id!r}")
-    return df["run_id"].tolist()
+    return ids
 
 
 def _pct(v: float) -> str:

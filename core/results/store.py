@@ -486,10 +486,47 @@ class Store:
         return frame.copy() if self._memo is not None else frame
 
     def run(self, run_id: str) -> dict:
-        df = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
-        if df.empty:
+        found = self.find_run(run_id)
+        if found is None:
             raise CxrError(f"no run {run_id!r} in {self.path}")
-        return df.iloc[0].to_dict()
+        return found
+
+    def find_run(self, run_id: str) -> dict | None:
+        """The run's whole row, or None while it does not exist (yet: a background job still reading its data set)."""
+        df = self.query("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        return None if df.empty else df.iloc[0].to_dict()
+
+    def active_runs(self) -> list[dict]:
+        """Runs the store has as running or queued, newest first, with their owner process (liveness is the caller's)."""
+        df = self.query("SELECT run_id, name, status, preset, pid, host, pid_start FROM runs WHERE status IN ('running', 'queued') "
+                        "ORDER BY created_at DESC")
+        return [] if df.empty else df.to_dict("records")
+
+    def unfinished_runs(self) -> list[dict]:
+        """Runs not finished as the store has them (newest first), with the folds they finished (every repeat's)."""
+        df = self.query(
+            "SELECT r.run_id, r.name, r.status, r.error, "
+            # every repeat's folds (repeated cross-validation trains folds x repeats of them)
+            "r.folds * coalesce(TRY_CAST(json_extract_string(r.config, '$.repeats') AS INTEGER), 1) AS folds, r.pid, r.host, r.pid_start, "
+            "r.created_at, "
+            "(SELECT count(*) FROM folds f WHERE f.run_id = r.run_id AND f.status = 'finished') AS folds_done, "
+            "(SELECT count(*) FROM folds f WHERE f.run_id = r.run_id AND f.status = 'diverged') AS diverged "
+            "FROM runs r WHERE r.status IN ('failed', 'cancelled', 'interrupted', 'running', 'queued') ORDER BY r.created_at DESC")
+        return [] if df.empty else df.to_dict("records")
+
+    def sweep_runs(self, sweep_id: str) -> pd.DataFrame:
+        """A sweep's runs in the order they were created, with what its live view shows and their owner process."""
+        return self.query("SELECT run_id, name, status, auc, train_seconds, pid, host, pid_start FROM runs WHERE sweep_id = ? "
+                          "ORDER BY created_at", [sweep_id])
+
+    def sweep_finished_ids(self, sweep_id: str) -> list[str]:
+        return [r[0] for r in self.rows("SELECT run_id FROM runs WHERE sweep_id = ? AND status = 'finished' ORDER BY created_at",
+                                        [sweep_id])]
+
+    def finished_sweeps(self) -> pd.DataFrame:
+        """(sweep_id, n finished runs, started) of every sweep with a finished run, newest first."""
+        return self.query("SELECT sweep_id, count(*) AS n, min(created_at) AS started FROM runs WHERE sweep_id IS NOT NULL "
+                          "AND status = 'finished' GROUP BY sweep_id ORDER BY started DESC")
 
     def folds(self, run_id: str, *, every_repeat: bool = False) -> pd.DataFrame:
         """The folds of the run's first repeat (what its statistics are), or with `every_repeat` those of all its repeats."""
@@ -543,10 +580,14 @@ class Store:
                           "FROM studies s ORDER BY s.created_at DESC")
 
     def study(self, study_id: str) -> dict:
-        df = self.query("SELECT * FROM studies WHERE study_id = ?", [study_id])
-        if df.empty:
+        found = self.find_study(study_id)
+        if found is None:
             raise CxrError(f"no reader study {study_id!r} in {self.path}; list them on the Reader study page")
-        return df.iloc[0].to_dict()
+        return found
+
+    def find_study(self, study_id: str) -> dict | None:
+        df = self.query("SELECT * FROM studies WHERE study_id = ?", [study_id])
+        return None if df.empty else df.iloc[0].to_dict()
 
     def study_cases(self, study_id: str) -> pd.DataFrame:
         return self.query("SELECT case_id, image_id, truth, prob_positive, has_cam FROM study_cases WHERE study_id = ? ORDER BY case_id",
@@ -594,6 +635,9 @@ class Store:
                         "FROM new_eval_preds")
             con.unregister("new_eval_preds")
 
+    def evaluation_ids(self, run_id: str) -> tuple[str, ...]:
+        return tuple(r[0] for r in self.rows("SELECT evaluation_id FROM evaluations WHERE run_id = ? ORDER BY created_at", [run_id]))
+
     def evaluations(self, run_id: str) -> pd.DataFrame:
         """A run's external validations, oldest first."""
         return self.query("SELECT * FROM evaluations WHERE run_id = ? ORDER BY created_at", [run_id])
@@ -625,11 +669,57 @@ class Store:
     def splits(self, run_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM splits WHERE run_id = ? ORDER BY image_id", [run_id])
 
-    def cams(self, run_id: str) -> pd.DataFrame:
-        return self.query("SELECT * FROM cams WHERE run_id = ? ORDER BY fold, slot, target", [run_id])
+    def cams(self, run_id: str, *, target: str | None = None) -> pd.DataFrame:
+        """The run's heat-map index, or that of one `target` (predicted | positive)."""
+        if target is None:
+            return self.query("SELECT * FROM cams WHERE run_id = ? ORDER BY fold, slot, target", [run_id])
+        return self.query("SELECT * FROM cams WHERE run_id = ? AND target = ? ORDER BY fold, slot", [run_id, target])
+
+    def cams_of(self, run_id: str, target: str, image_ids: list[str]) -> pd.DataFrame:
+        """The heat-map index rows of these images (those that have one)."""
+        marks = ", ".join("?" for _ in image_ids)
+        return self.query(f"SELECT image_id, fold, artifact, slot, outcome, prob_positive FROM cams WHERE run_id = ? AND target = ? "
+                          f"AND image_id IN ({marks})", [run_id, target, *image_ids])
+
+    def gallery_cams(self, run_id: str, *, target: str, outcomes: list[str], fold: int | None, limit: int) -> pd.DataFrame:
+        """The heat-map index of a gallery: the chosen outcomes (and fold), most confident first, cut to `limit` in DuckDB so a
+        large data set's index never comes whole into pandas."""
+        marks = ", ".join("?" for _ in outcomes)
+        return self.query(
+            f"SELECT * FROM cams WHERE run_id = ? AND target = ? AND outcome IN ({marks})" + (" AND fold = ?" if fold is not None else "")
+            + " ORDER BY abs(prob_positive - 0.5) DESC, image_id LIMIT ?",
+            [run_id, target, *outcomes, *([fold] if fold is not None else []), int(limit)])
+
+    def dataset(self, dataset_id: str) -> dict | None:
+        """The data set's row (source, root, counts, classes) with its cohort flow parsed (`flow`: {} when it has none)."""
+        df = self.query("SELECT * FROM datasets WHERE dataset_id = ?", [dataset_id])
+        if df.empty:
+            return None
+        row = df.iloc[0].to_dict()
+        row["flow"] = json.loads(row["flow"]) if row.get("flow") else {}
+        return row
+
+    def class_counts(self, dataset_id: str) -> pd.DataFrame:
+        """(class, images, patients) of the images used, counted in DuckDB (a data set may hold hundreds of thousands)."""
+        return self.query("SELECT label AS class, count(*) AS images, count(DISTINCT nullif(group_id, '')) AS patients FROM images "
+                          "WHERE dataset_id = ? AND excluded_reason = '' GROUP BY label ORDER BY label", [dataset_id])
+
+    def exclusion_counts(self, dataset_id: str) -> pd.DataFrame:
+        """(reason, files) of the images left out, most frequent reason first."""
+        return self.query("SELECT excluded_reason AS reason, count(*) AS files FROM images WHERE dataset_id = ? AND excluded_reason <> '' "
+                          "GROUP BY excluded_reason ORDER BY files DESC", [dataset_id])
 
     def images(self, dataset_id: str) -> pd.DataFrame:
         return self.query("SELECT * FROM images WHERE dataset_id = ? ORDER BY image_id", [dataset_id])
+
+    def image_files(self, dataset_id: str, image_ids: list[str] | None = None, *, limit: int | None = None) -> pd.DataFrame:
+        """(image_id, path, mask_path) of these images of a data set, or of its first `limit` usable ones (not excluded)."""
+        if image_ids is not None:
+            marks = ", ".join("?" for _ in image_ids) or "NULL"
+            return self.query(f"SELECT image_id, path, mask_path FROM images WHERE dataset_id = ? AND image_id IN ({marks}) ORDER BY image_id",
+                              [dataset_id, *image_ids])
+        return self.query("SELECT image_id, path, mask_path FROM images WHERE dataset_id = ? AND excluded_reason = '' ORDER BY image_id "
+                          "LIMIT ?", [dataset_id, int(limit if limit is not None else 2**31 - 1)])
 
     def schema_version(self) -> int:
         df = self.query("SELECT value FROM meta WHERE key = 'schema_version'")

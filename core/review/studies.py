@@ -62,7 +62,7 @@ def create_study(store: Store, run_id: str, *, n_images: int, seed: int = 0, nam
     if not 2 <= n_images <= MAX_CASES:
         raise CxrError(f"a study has 2 to {MAX_CASES} images; got {n_images}")
     preds = store.scored(run)
-    cams = store.query("SELECT image_id, artifact, slot FROM cams WHERE run_id = ? AND target = 'positive'", [run_id])
+    cams = store.cams(run_id, target="positive")
     if not cams.empty:  # the aided session shows a heat map: draw from the images that have one
         preds = preds[preds["image_id"].isin(set(cams["image_id"]))]
     truth = preds["label_index"].to_numpy() == run.positive_index
@@ -79,7 +79,7 @@ def create_study(store: Store, run_id: str, *, n_images: int, seed: int = 0, nam
     study_id = "study-" + time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
     folder = study_dir(store, study_id)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = store.query("SELECT image_id, path FROM images WHERE dataset_id = ?", [run.dataset_id]).set_index("image_id")["path"]
+    paths = store.image_files(run.dataset_id, list(preds.iloc[chosen]["image_id"])).set_index("image_id")["path"]
     maps = cams.set_index("image_id") if not cams.empty else None
     rows = []
     for k, i in enumerate(chosen, start=1):
@@ -227,8 +227,7 @@ def import_study(store: Store, data: bytes) -> dict:
     if any(not _CASE_ID.match(str(c.get("case_id", ""))) for c in cases):
         raise CxrError("the study file is damaged (a case id)")
     created = False
-    known = store.query("SELECT study_id FROM studies WHERE study_id = ?", [study_id])
-    if known.empty:
+    if store.find_study(study_id) is None:
         folder = study_dir(store, study_id)
         folder.mkdir(parents=True, exist_ok=True)
         rows = []
