@@ -22,7 +22,7 @@ from core.results.store import Store
 from core.safety import check_data_path, demo_mode
 from pages import page_setup
 from pages.ui import display
-from pages.ui.cached import finished_runs, predictable_runs, run_record, unfinished_runs
+from pages.ui.cached import finished_runs, finished_runs_or_stop, predictable_runs, run_record, unfinished_runs
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
@@ -98,10 +98,7 @@ def unfinished_section() -> None:
 
 
 unfinished_section()
-options = finished_runs(RUNS_DIR)
-if not options:
-    st.info("No finished run yet. Start one: `python -m core run --preset quick --data data/demo`.")
-    st.stop()
+options = finished_runs_or_stop(RUNS_DIR)
 run_id = st.selectbox("Run", list(options), format_func=options.get, key="runs_run")
 try:
     record = run_record(RUNS_DIR, run_id)

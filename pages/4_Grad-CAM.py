@@ -16,7 +16,7 @@ from core.config import heat_map_text
 from core.dashboard import cams_for, gallery
 from core.results.overlay import COLOUR_BAR_CAPTION, colour_bar, mask_outline, overlay
 from pages import page_setup
-from pages.ui.cached import finished_runs, run_record
+from pages.ui.cached import finished_runs_or_stop, run_record
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 OUTCOMES = ["TP", "FP", "FN", "TN"]
@@ -24,10 +24,7 @@ OUTCOMES = ["TP", "FP", "FN", "TN"]
 page_setup("Grad-CAM")
 st.title("Grad-CAM gallery")
 
-options = finished_runs(RUNS_DIR)
-if not options:
-    st.info("No finished run yet. Start one: `python -m core run --preset quick --data data/demo`.")
-    st.stop()
+options = finished_runs_or_stop(RUNS_DIR)
 request = st.session_state.pop("cam_request", None)
 if request and request.get("run") in options:  # opened from a confusion-matrix cell on Runs or Compare
     st.session_state["cam_run"] = request["run"]

@@ -10,7 +10,7 @@ import streamlit as st
 from core import CxrError
 from core.results.export import comparison_report_html
 from pages import page_setup
-from pages.ui.cached import finished_runs
+from pages.ui.cached import finished_runs_or_stop
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 
@@ -19,10 +19,7 @@ st.title("Export a report")
 st.caption("One HTML file with the tables (intervals, DeLong p-values), the figures, the data summary, the configuration and "
            "Grad-CAM examples. It opens in any browser without this server or the internet.")
 
-options = finished_runs(RUNS_DIR)
-if not options:
-    st.info("No finished run yet. Start one: `python -m core run --preset quick --data data/demo`.")
-    st.stop()
+options = finished_runs_or_stop(RUNS_DIR)
 chosen = st.multiselect("Runs (one: a run report; several: a comparison, the first is the reference)", list(options),
                         default=list(options)[:1], format_func=options.get, key="export_runs")
 examples = st.slider("Grad-CAM examples per run", 0, 16, 8, 4, key="export_cams")

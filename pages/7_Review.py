@@ -20,7 +20,7 @@ from core.results.store import Store
 from core.review.queue import KINDS, review_cases, save_tag, tags_csv
 from core.safety import demo_mode
 from pages import page_setup
-from pages.ui.cached import finished_runs, run_record
+from pages.ui.cached import finished_runs_or_stop, run_record
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 DEMO = demo_mode()
@@ -30,10 +30,7 @@ st.title("Review queue")
 st.caption("Look through the model's misses and say what they are. Tags are stored with the reviewer's name and the time; "
            "images tagged as a label error can be left out of the next run on the same data (Train page: Exclude label errors).")
 
-options = finished_runs(RUNS_DIR)
-if not options:
-    st.info("No finished run yet. Start one on the Train page.")
-    st.stop()
+options = finished_runs_or_stop(RUNS_DIR)
 c1, c2 = st.columns([2, 1])
 run_id = c1.selectbox("Run", list(options), format_func=options.get, key="review_run")
 reviewer = c2.text_input("Reviewer (name or initials, once per session)", key="review_reviewer", max_chars=80)

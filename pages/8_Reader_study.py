@@ -23,7 +23,7 @@ from core.review import studies
 from core.safety import DEMO_NOTICE, demo_mode
 from pages import page_setup
 from pages.ui import display
-from pages.ui.cached import finished_runs
+from pages.ui.cached import NO_FINISHED_RUN, finished_runs
 
 RUNS_DIR = Path(os.environ.get("CXR_RUNS_DIR", "runs"))
 SESSION_HELP = {"unaided": "the image alone", "aided": "the model's probability and heat map shown before each call",
@@ -39,7 +39,7 @@ with st.expander("New study from a finished run", expanded=store.studies().empty
     if DEMO:
         st.info(f"{DEMO_NOTICE} Creating studies and reading are off here; the results of stored studies show below.")
     elif not runs:
-        st.info("No finished run yet. Start one on the Train page.")
+        st.info(NO_FINISHED_RUN)
     else:
         with st.form("study_new"):
             c1, c2, c3 = st.columns([2, 1, 1])

@@ -68,6 +68,18 @@ def finished_runs(runs_dir: Path) -> dict[str, str]:
     return _finished_runs(str(runs_dir), dashboard.store_version(runs_dir))
 
 
+NO_FINISHED_RUN = "No finished run yet. Start one on the Train page, or: `python -m core run --preset quick --data data/demo`."
+
+
+def finished_runs_or_stop(runs_dir: Path) -> dict[str, str]:
+    """finished_runs, or the page stops here saying how to make one (the pages that show a finished run's results)."""
+    options = finished_runs(runs_dir)
+    if not options:
+        st.info(NO_FINISHED_RUN)
+        st.stop()
+    return options
+
+
 def sweeps(runs_dir: Path) -> dict[str, str]:
     """{sweep_id: label} of the sweeps with finished runs, newest first."""
     return _sweeps(str(runs_dir), dashboard.store_version(runs_dir))
