@@ -50,6 +50,22 @@ def tiny_config(data: str | Path = "", **changes) -> RunConfig:
     return base.replace(**changes)
 
 
+def ctrl_c_at_fold(monkeypatch: pytest.MonkeyPatch, fold: int):
+    """Make training stop as Ctrl-C stops it (KeyboardInterrupt) when it reaches `fold`: a run left cancelled with its
+    earlier folds stored, to resume. Returns the real trainer, for a test that puts it back before resuming."""
+    import core.training.engine as engine
+
+    real = engine._train_pack
+
+    def interrupted(cfg, data, fold_of, pack, **kwargs):
+        if fold in pack:
+            raise KeyboardInterrupt
+        return real(cfg, data, fold_of, pack, **kwargs)
+
+    monkeypatch.setattr(engine, "_train_pack", interrupted)
+    return real
+
+
 @pytest.fixture
 def tiny_cfg() -> RunConfig:
     return tiny_config()

@@ -24,7 +24,7 @@ from core.training.engine import resume_cross_validation, run_cross_validation
 from core.jobs.lifecycle import check_resumable, current_process, effective_status, mark_interrupted
 from core.results.store import Store
 
-from conftest import blob_dataset, tiny_config
+from conftest import blob_dataset, ctrl_c_at_fold, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -224,18 +224,9 @@ def test_the_gpu_slot_is_freed_when_its_process_is_killed(tmp_path):
 
 @pytest.mark.slow
 def test_resume_refuses_a_data_set_that_changed(tmp_path, monkeypatch):
-    import core.training.engine as engine
-
     data = blob_dataset(tmp_path / "d", n_per_class=6)
     store = Store(tmp_path / "runs")
-    real = engine._train_pack
-
-    def ctrl_c_in_the_second_fold(cfg, data, fold_of, pack, **kwargs):
-        if 1 in pack:
-            raise KeyboardInterrupt
-        return real(cfg, data, fold_of, pack, **kwargs)
-
-    monkeypatch.setattr(engine, "_train_pack", ctrl_c_in_the_second_fold)
+    ctrl_c_at_fold(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         run_cross_validation(tiny_config(data, folds=2, max_iterations=1, gradcam=False), store=store, run_id="c")
     assert store.run("c")["status"] == "cancelled"

@@ -16,7 +16,7 @@ from core.results.clinicians import TAGS, tag_counts
 from core.review.queue import review_cases, save_tag, tags_csv
 from core.training.engine import run_cross_validation
 
-from conftest import blob_dataset, tiny_config
+from conftest import blob_dataset, ctrl_c_at_fold, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -248,14 +248,7 @@ def test_a_label_error_tagged_while_a_run_is_stopped_does_not_change_what_it_res
     from core.training.engine import resume_cross_validation
 
     store, run_id, data = finished
-    real = engine._train_pack
-
-    def ctrl_c_in_the_second_fold(cfg, data, fold_of, pack, **kwargs):
-        if 1 in pack:
-            raise KeyboardInterrupt
-        return real(cfg, data, fold_of, pack, **kwargs)
-
-    monkeypatch.setattr(engine, "_train_pack", ctrl_c_in_the_second_fold)
+    real = ctrl_c_at_fold(monkeypatch, 1)
     with pytest.raises(KeyboardInterrupt):
         run_cross_validation(tiny_config(data, folds=2, max_iterations=1, gradcam=False, exclude_label_errors=True), store=store,
                              run_id="stopped")
