@@ -125,7 +125,7 @@ def comparison_report_html(runs_dir: Path, run_ids: list[str], *, gallery_size: 
                 for p in s["pooled"]:
                     m, mod = p["reader_metrics"], p["model_metrics"]
                     study_rows.append([r["name"], s["name"], p["session"], p["n_readers"], p["n_read"], _rate(m, "sensitivity"),
-                                       _rate(m, "specificity"), _auc_ci(m), _auc_ci(mod)])
+                                       _rate(m, "specificity"), _rate(m, "auc", 2), _rate(mod, "auc", 2)])
         parts.append(_table(["run", "study", "session", "readers", "reads", "sensitivity % (95% CI)", "specificity % (95% CI)",
                              "readers' AUC % (95% CI)", "model AUC % on the same reads"], study_rows))
         parts.append("<p class='muted'>Readers' calls on a stratified sample of the run's images, pooled over readers: every read "
@@ -261,15 +261,9 @@ def _table(header: list[str], rows: list[list], *, highlight: int = 0) -> str:
     return f"<div class=wide><table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table></div>"
 
 
-def _rate(m: dict, key: str) -> str:
-    """A reader's rate with its interval, or '-' where it has no denominator (None, never a fake 0)."""
-    return "-" if m.get(key) is None else _with_ci(m, key)
-
-
-def _auc_ci(m: dict) -> str:
-    if m.get("auc") is None:
-        return "-"
-    return f"{100 * m['auc']:.2f} ({100 * m['auc_ci_low']:.2f}-{100 * m['auc_ci_high']:.2f})"
+def _rate(m: dict, key: str, digits: int = 1) -> str:
+    """A reader study's figure with its interval, or '-' where it has none (None, never a fake 0)."""
+    return "-" if m.get(key) is None else _with_ci(m, key, digits)
 
 
 def _e(value) -> str:

@@ -297,8 +297,7 @@ def report_markdown(stats: dict) -> str:
     if stats["aided_vs_unaided"]:
         lines += ["", "| reader | images read in both | AUC % aided | AUC % unaided | p (DeLong, paired) | p (McNemar) |", "|---|---|---|---|---|---|"]
         for c in stats["aided_vs_unaided"]:
-            a = c
-            lines.append(f"| {a['reader']} | {a['n']} | {_pct(c.get('auc_a'), 2)} | {_pct(c.get('auc_b'), 2)} | {_p(c.get('delong_p'))} | "
+            lines.append(f"| {c['reader']} | {c['n']} | {_pct(c.get('auc_a'), 2)} | {_pct(c.get('auc_b'), 2)} | {_p(c.get('delong_p'))} | "
                          f"{_p(c.get('mcnemar_p'))} |")
     for p in stats["pooled"]:
         lines += ["", f"Pooled, {p['session']} ({p['n_readers']} reader{'s' if p['n_readers'] != 1 else ''}): sensitivity {_ci(p['reader_metrics'], 'sensitivity')} %, "

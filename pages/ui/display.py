@@ -39,6 +39,20 @@ def interval(low: float | None, high: float | None, digits: int = 1) -> str:
     return f"{100 * low:.{digits}f}-{100 * high:.{digits}f} %"
 
 
+def with_interval(value: float | None, low: float | None, high: float | None, digits: int = 1, *, unit: bool = True) -> str:
+    """A percentage with its 95 % interval in brackets: "90.4 % (88.1-92.3)"; without `unit` "90.4 (88.1-92.3)", for
+    tables whose headers say %. An absent value is "–", never a fake 0."""
+    if _missing(value):
+        return MISSING
+    text = f"{pct(value, digits)} ({interval(low, high, digits).removesuffix(' %')})"
+    return text if unit else text.replace(" %", "")
+
+
+def p_value(value: float | None) -> str:
+    """A p-value as tables show it: three decimals, "< 0.001" below that, "–" when there is none."""
+    return MISSING if _missing(value) else ("< 0.001" if value < 0.001 else f"{value:.3f}")
+
+
 def percent_column(values, digits: int = 1) -> pd.Series:
     """Fractions as numbers in percent (sortable in a table, unlike text)."""
     return (pd.Series(values, dtype="float64") * 100).round(digits)
@@ -117,15 +131,12 @@ def rates_table(rates: dict) -> pd.DataFrame:
 def subgroup_table(rows: list[dict]) -> pd.DataFrame:
     """core.results.subgroups rows as the Runs page shows them: counts, AUC and rates with intervals, p against the rest,
     and a note where a group is too small for its interval to mean much (flagged, not hidden)."""
-    def p(v):
-        return MISSING if _missing(v) else ("< 0.001" if v < 0.001 else f"{v:.3f}")
-
     return pd.DataFrame([{
         "variable": r["variable"], "level": r["level"], "images": r["n"], "positives": r["n_positive"],
         "AUC %": auc(r["auc"]), "AUC 95 % CI": interval(r["auc_ci_low"], r["auc_ci_high"], 2),
         "sensitivity %": pct(r["sensitivity"]), "sensitivity 95 % CI": interval(r["sensitivity_ci_low"], r["sensitivity_ci_high"]),
         "specificity %": pct(r["specificity"]), "specificity 95 % CI": interval(r["specificity_ci_low"], r["specificity_ci_high"]),
-        "p (AUC vs rest)": p(r["p_vs_rest"]),
+        "p (AUC vs rest)": p_value(r["p_vs_rest"]),
         "note": ("no AUC: one class only" if r["auc"] is None else "") or ("few cases: wide, unreliable intervals" if r["small"] else ""),
     } for r in rows])
 
@@ -134,10 +145,10 @@ def repeats_table(rows: list[dict]) -> pd.DataFrame:
     """core.results.repeats rows as the Runs page shows them: each repeat's pooled AUC and rates at 0.5, with intervals."""
     return pd.DataFrame([{
         "repeat": r["repeat"] + 1,  # every repeat predicts every image once: no images column
-        "AUC % (95 % CI)": f"{auc(r['auc'])} ({interval(r['auc_ci_low'], r['auc_ci_high'], 2).removesuffix(' %')})",
+        "AUC % (95 % CI)": with_interval(r["auc"], r["auc_ci_low"], r["auc_ci_high"], 2),
         # each rate with its interval in one column: the table fits beside the plot
-        "sensitivity % (95 % CI)": f"{pct(r['sensitivity'])} ({interval(r['sensitivity_ci_low'], r['sensitivity_ci_high']).removesuffix(' %')})",
-        "specificity % (95 % CI)": f"{pct(r['specificity'])} ({interval(r['specificity_ci_low'], r['specificity_ci_high']).removesuffix(' %')})",
+        "sensitivity % (95 % CI)": with_interval(r["sensitivity"], r["sensitivity_ci_low"], r["sensitivity_ci_high"]),
+        "specificity % (95 % CI)": with_interval(r["specificity"], r["specificity_ci_low"], r["specificity_ci_high"]),
     } for r in rows])
 
 
@@ -148,8 +159,7 @@ def repeats_compare_table(rows: list[dict]) -> pd.DataFrame:
         t = r.get("corrected_test_vs_first")
         if not t:
             return "reference" if r is rows[0] else "not on the same splits"
-        p = "< 0.001" if t["p"] < 0.001 else f"{t['p']:.3f}"
-        return f"p {p} (t {t['t']:.2f}, {t['df']} df; mean difference {100 * t['mean_auc_difference']:+.2f} points over {t['folds']} folds)"
+        return f"p {p_value(t['p'])} (t {t['t']:.2f}, {t['df']} df; mean difference {100 * t['mean_auc_difference']:+.2f} points over {t['folds']} folds)"
 
     out = []
     for r in rows:
@@ -161,14 +171,8 @@ def repeats_compare_table(rows: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def _p_value(v) -> str:
-    return MISSING if _missing(v) else ("< 0.001" if v < 0.001 else f"{v:.3f}")
-
-
-def _with_interval(m: dict, key: str, digits: int = 1) -> str:
-    if _missing(m.get(key)):
-        return MISSING
-    return f"{pct(m[key], digits)} ({interval(m[key + '_ci_low'], m[key + '_ci_high'], digits).removesuffix(' %')})"
+def _rate(m: dict, key: str, digits: int = 1) -> str:
+    return with_interval(m.get(key), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high"), digits, unit=False)
 
 
 def reader_table(rows: list[dict]) -> pd.DataFrame:
@@ -176,11 +180,9 @@ def reader_table(rows: list[dict]) -> pd.DataFrame:
     Short headers (the page's caption says what the intervals and tests are), so the table fits 1440 px."""
     return pd.DataFrame([{
         "reader": r["reader"], "session": r["session"], "images": r["n_read"],
-        "sensitivity %": _with_interval(r["reader_metrics"], "sensitivity").replace(" %", ""),
-        "specificity %": _with_interval(r["reader_metrics"], "specificity").replace(" %", ""),
-        "AUC %": _with_interval(r["reader_metrics"], "auc", 2).replace(" %", ""),
-        "model AUC %": _with_interval(r["model_metrics"], "auc", 2).replace(" %", ""),
-        "p AUC vs model": _p_value(r["vs_model"].get("delong_p")), "p calls vs model": _p_value(r["vs_model"].get("mcnemar_p")),
+        "sensitivity %": _rate(r["reader_metrics"], "sensitivity"), "specificity %": _rate(r["reader_metrics"], "specificity"),
+        "AUC %": _rate(r["reader_metrics"], "auc", 2), "model AUC %": _rate(r["model_metrics"], "auc", 2),
+        "p AUC vs model": p_value(r["vs_model"].get("delong_p")), "p calls vs model": p_value(r["vs_model"].get("mcnemar_p")),
         "median s": MISSING if _missing(r["median_seconds"]) else f"{r['median_seconds']:.1f}",
     } for r in rows])
 
@@ -189,7 +191,7 @@ def aided_table(rows: list[dict]) -> pd.DataFrame:
     """Aided against unaided per reader, on the images read in both sessions."""
     return pd.DataFrame([{
         "reader": r["reader"], "images read in both": r["n"], "AUC % aided": auc(r["auc_a"]), "AUC % unaided": auc(r["auc_b"]),
-        "p (DeLong, paired)": _p_value(r.get("delong_p")), "p calls (McNemar)": _p_value(r.get("mcnemar_p")),
+        "p (DeLong, paired)": p_value(r.get("delong_p")), "p calls (McNemar)": p_value(r.get("mcnemar_p")),
     } for r in rows])
 
 
@@ -201,11 +203,10 @@ def external_table(row: dict) -> pd.DataFrame:
     def line(label: str, r: dict, p, view: dict) -> dict:
         return {"evaluated on": label, "images": r["n_images"], "prevalence %": pct(r["prevalence"]),
                 # the AUC and its interval in one column: the table fits a 1440 px screen with the views at its end
-                "AUC % (95 % CI)": f"{auc(r['auc'])} ({interval(r['auc_ci_low'], r['auc_ci_high'], 2).removesuffix(' %')})"
-                if not _missing(r["auc"]) else MISSING,
+                "AUC % (95 % CI)": with_interval(r["auc"], r["auc_ci_low"], r["auc_ci_high"], 2),
                 "sensitivity %": pct(r["sensitivity"]), "specificity %": pct(r["specificity"]),
                 "calibration slope": MISSING if _missing(r.get("calibration_slope")) else f"{r['calibration_slope']:.2f}",
-                "p (AUC vs internal)": MISSING if _missing(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}"), "views": views(view)}
+                "p (AUC vs internal)": p_value(p), "views": views(view)}
 
     internal = {**row, "prevalence": next((e["internal_prevalence"] for e in row["external"]), None)}
     first = row["external"][0] if row["external"] else {}
