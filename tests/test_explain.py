@@ -92,6 +92,43 @@ def test_the_one_pass_maps_and_probabilities_equal_the_librarys_and_a_plain_forw
     np.testing.assert_allclose(probs, predict_probs(model, images, torch.device("cpu")), atol=1e-5)
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_padding_the_last_batch_to_a_fixed_shape_changes_no_real_result(flip):
+    """On a GPU every evaluation and heat-map batch is padded to one shape (cuDNN autotunes each new shape); the blank
+    rows must not change a real image's map or probability, and the network must see only full batches."""
+    from core.training.explain import cams_for_targets
+
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", 2, "none")
+    images = torch.randint(0, 256, (7, 32, 32), dtype=torch.uint8)
+    sets = [[1] * 7, [0, 1, 0, 1, 0, 1, 0]]
+    cpu = torch.device("cpu")
+    shapes = []
+    handle = model.register_forward_hook(lambda _m, inputs, _out: shapes.append(len(inputs[0])))
+    padded_maps, padded_probs = cams_for_targets(model, "resnet18", images, sets, cpu, flip=flip, batch_size=3, fixed=True)
+    assert set(shapes) == {3 * (2 if flip else 1)}  # 3 + 3 + 1 images, every pass full
+    shapes.clear()
+    plain_maps, plain_probs = cams_for_targets(model, "resnet18", images, sets, cpu, flip=flip, batch_size=3, fixed=False)
+    assert shapes[-1] == (2 if flip else 1)
+    handle.remove()
+    for padded, plain in zip(padded_maps, plain_maps):
+        assert padded.shape == plain.shape == (7, 32, 32)
+        np.testing.assert_allclose(padded, plain, atol=1e-5)
+    np.testing.assert_allclose(padded_probs, plain_probs, atol=1e-6)
+    np.testing.assert_allclose(predict_probs(model, images, cpu, batch_size=3, fixed=True),
+                               predict_probs(model, images, cpu, batch_size=3, fixed=False), atol=1e-6)
+
+
+def test_only_a_gpu_pads_its_batches():
+    from core.training.runtime import fixed_batches, pad_rows
+
+    assert fixed_batches(torch.device("cuda")) and not fixed_batches(torch.device("cpu"))
+    x = torch.ones(2, 4, 4, dtype=torch.uint8)
+    padded = pad_rows(x, 5)
+    assert padded.shape == (5, 4, 4) and padded.dtype == torch.uint8 and padded[2:].eq(0).all() and padded[:2].eq(1).all()
+    assert pad_rows(x, 2) is x
+
+
 def test_localisation_scores_and_chance_levels():
     mask = np.zeros((64, 64), bool)
     mask[48:60, 40:56] = True  # inside the bottom-right cell of a 2 x 2 map (32 px cells)

@@ -210,21 +210,27 @@ def test_torchvision_v2_on_a_batch_draws_once_which_is_why_we_do_not_use_it():
         assert len(kinds) == 1
 
 
-def test_grad_cam_maps_of_images_predicted_positive_are_computed_once_and_equal_a_separate_pass(monkeypatch):
+def test_a_folds_heat_maps_for_both_targets_take_one_forward_pass_and_equal_the_librarys():
+    """The gallery's two maps per image (predicted and positive class) come from one forward pass per batch, and are
+    still pytorch-grad-cam's: each equal to the library's own pass for that target."""
     from core.training import explain
 
     torch.manual_seed(0)
     model, _ = build_model("resnet18", 2, "none")
     x, y = _separable(6, 0, size=64)
     probs = np.array([[0.2, 0.8], [0.9, 0.1], [0.3, 0.7], [0.6, 0.4], [0.1, 0.9], [0.8, 0.2]], np.float32)
-    calls = []
-    real = explain.grad_cams
-    monkeypatch.setattr(explain, "grad_cams", lambda m, b, imgs, targets, d, **kw: calls.append(list(targets)) or real(m, b, imgs, targets, d, **kw))
+    forwards = []
+    handle = model.register_forward_hook(lambda _m, inputs, _out: forwards.append(len(inputs[0])))
     arrays, rows = explain.explain_fold(model, "resnet18", x, image_ids=[str(i) for i in range(6)], labels=y.numpy(), probs=probs, positive=1,
                                         mask_paths=None, cap=0, store_size=16, device=torch.device("cpu"))
-    assert calls == [[1] * 6, [0, 0, 0]]  # the positive class for all, the predicted class only where it differs
-    separate = explain.to_u8(real(model, "resnet18", x, [int(t) for t in probs.argmax(1)], torch.device("cpu")), 16)
-    assert np.abs(arrays["predicted"].astype(int) - separate.astype(int)).max() <= 1
+    handle.remove()
+    assert forwards == [6]  # one pass for both targets (the library would take two, each with a backward through every layer)
+    cpu = torch.device("cpu")
+    for target, classes in (("positive", [1] * 6), ("predicted", [int(t) for t in probs.argmax(1)])):
+        library = explain.to_u8(explain.grad_cams(model, "resnet18", x, classes, cpu), 16)
+        assert np.abs(arrays[target].astype(int) - library.astype(int)).max() <= 1, target
+    predicted_positive = probs.argmax(1) == 1
+    assert np.array_equal(arrays["predicted"][predicted_positive], arrays["positive"][predicted_positive])
     assert len(rows) == 12
 
 
@@ -237,3 +243,52 @@ def test_fp32_on_a_gpu_is_fp32_not_tf32():
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = before[:2]
         torch.set_num_threads(before[2])
+
+
+def _curve(device: str, *, read_late: bool, **changes) -> list[dict]:
+    """One fold's curve rows (without times) with each step's numbers read at once or one step late."""
+    import dataclasses
+
+    cfg = tiny_config(max_iterations=7, eval_every=3, device=device, **changes)
+    dev = torch.device(device)
+    execution = dataclasses.replace(resolve(dev, "fp32", "auto", cuda_graphs=cfg.cuda_graphs), read_late=read_late)
+    x_train, y_train = _separable(32, 0)
+    x_test, y_test = _separable(10, 1)
+    torch.manual_seed(0)
+    model, _ = build_model("resnet18", 2, "none")
+    seen = []
+    out = train_fold(cfg, model, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test, fold=0, device=dev,
+                     on_iteration=seen.append, execution=execution)
+    assert seen == out.curve  # what the live store gets is what the fold keeps
+    return [{k: v for k, v in row.items() if k != "elapsed_s" and v == v} for row in out.curve]  # v == v: not the held-out rows' NaN lr
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_reading_each_steps_loss_one_step_late_keeps_the_curve_and_its_order(device):
+    """On a GPU the host reads step t's loss after launching step t+1 (core.training.train.StepReader); the rows must
+    be the same rows, each held-out check still after its own training row, none lost at the end."""
+    late, at_once = _curve(device, read_late=True), _curve(device, read_late=False)
+    order = [(row["phase"], row["iteration"]) for row in late]
+    assert order == [("train", 1), ("train", 2), ("train", 3), ("heldout", 3), ("train", 4), ("train", 5), ("train", 6),
+                     ("heldout", 6), ("train", 7), ("heldout", 7)]
+    assert order == [(row["phase"], row["iteration"]) for row in at_once]
+    if device == "cpu":  # the same arithmetic: the same numbers (a GPU's autotuned kernels may differ in the last bits)
+        assert late == at_once
+    else:
+        np.testing.assert_allclose([r["loss"] for r in late], [r["loss"] for r in at_once], rtol=0.05)
+
+
+def test_a_diverging_loss_read_one_step_late_still_names_its_own_iteration():
+    from core.training.train import DivergedError
+
+    errors = []
+    for read_late in (False, True):
+        with pytest.raises(DivergedError) as caught:
+            _curve("cpu", read_late=read_late, optimizer="sgdm", learning_rate=1e6)
+        errors.append((caught.value.fold, caught.value.iteration))
+    assert errors[0] == errors[1]
+
+
+def test_only_a_gpu_reads_its_losses_late():
+    assert resolve(torch.device("cpu")).read_late is False
+    assert Execution(torch.device("cpu"), None, False).read_late is False

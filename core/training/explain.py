@@ -15,6 +15,8 @@ image rarely does the same. Measured in the quick demo (docs/benchmarks.md): Gra
 the effusion in 64 % of positives (chance 41 %), LayerCAM mirror-averaged in 90 % (chance 18 %).
 Localisation scores allow one map cell of tolerance and report the chance level beside each
 score (../shared/ARCHITECTURE.md, "Grad-CAM resolution").
+The maps are pytorch-grad-cam's (`grad_cams` calls the library and is the reference), computed in one
+forward pass per batch for both of a gallery's targets (`cams_for_targets`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from scipy.ndimage import distance_transform_edt
 from torch import nn
 
 from core.training.models import BACKBONES, get_module
+from core.training.runtime import fixed_batches, pad_rows
 from core.training.train import normalize, to_input
 
 CAM_CLASSES = {"gradcam": GradCAM, "layercam": LayerCAM}
@@ -46,7 +49,10 @@ def cam_layer(model: nn.Module, backbone: str, method: str = "gradcam") -> nn.Mo
 
 def grad_cams(model: nn.Module, backbone: str, images_u8: torch.Tensor, targets: list[int], device: torch.device, *,
               method: str = "gradcam", flip: bool = False, batch_size: int = 32) -> np.ndarray:
-    """Heat maps (N, H, W) in [0, 1] at the input's resolution, one per image for its target class.
+    """Heat maps (N, H, W) in [0, 1] at the input's resolution, one per image for its target class, by pytorch-grad-cam itself.
+
+    The reference: the engine and the Predict page compute the same maps faster (`cams_for_targets`), and the
+    tests and the benchmark compare them with these.
 
     Args:
         images_u8: (N, H, W) uint8 images as the model saw them (before normalisation).
@@ -70,20 +76,43 @@ def grad_cams(model: nn.Module, backbone: str, images_u8: torch.Tensor, targets:
 
 
 def cams_and_probs(model: nn.Module, backbone: str, images_u8: torch.Tensor, targets: list[int], device: torch.device, *,
-                   method: str = "gradcam", flip: bool = False, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+                   method: str = "gradcam", flip: bool = False, batch_size: int = 32,
+                   fixed: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The maps `grad_cams` gives, and the softmax probabilities (N, C), from one forward pass per batch.
 
+    The one-target case of `cams_for_targets`; the Predict page's path, where one image must answer at once.
+    """
+    maps, probs = cams_for_targets(model, backbone, images_u8, [targets], device, method=method, flip=flip,
+                                   batch_size=batch_size, fixed=fixed)
+    return maps[0], probs
+
+
+def cams_for_targets(model: nn.Module, backbone: str, images_u8: torch.Tensor, target_sets: list[list[int]],
+                     device: torch.device, *, method: str = "gradcam", flip: bool = False, batch_size: int = 32,
+                     fixed: bool | None = None) -> tuple[list[np.ndarray], np.ndarray]:
+    """pytorch-grad-cam's maps of the same images for each list of targets, and the probabilities, in one forward pass per batch.
+
     Why: pytorch-grad-cam's backward runs through the whole network and fills every weight's gradient,
-    although both methods need the gradient at the target layer only. Here the layer's output is cut from
-    the graph and made a leaf, so the backward covers only what follows it: a map costs about one forward
-    pass, and that pass also gives the probabilities (of the image as it is; with `flip` the mirrored
-    images ride in the same batch). The maps are then weighted, rectified and scaled exactly as
-    pytorch-grad-cam does (its `scale_cam_image`, twice, as its single-layer CAMs); tests/test_explain.py
-    checks they equal the library's for every backbone and method. Used where one image must answer at
-    once (the Predict page); the engine's galleries use `grad_cams` (the library).
+    although both methods need the gradient at the target layer only, and it runs the network again for
+    each target. Here the layer's output is cut from the graph and made a leaf, so a backward covers only
+    what follows it, and each further target is one more such backward from the same forward pass: a fold's
+    maps for two targets cost about one forward pass (2.7 s instead of the library's 15.7 s for 100 images,
+    ResNet-18 at 224 px on a CPU, docs/benchmarks.md), and that pass also gives the probabilities (of the image
+    as it is; with `flip` the mirrored images ride in the same batch). The maps are then weighted, rectified
+    and scaled exactly as pytorch-grad-cam does (its `scale_cam_image`, twice, as its single-layer CAMs);
+    tests/test_explain.py checks they equal the library's for every backbone and method.
+
+    Args:
+        target_sets: one list of class indices per set of maps wanted, each as long as `images_u8`.
+        fixed: pad the last batch to `batch_size` images (default: on a GPU, `core.training.runtime.fixed_batches`).
+
+    Returns:
+        One (N, H, W) float32 array per target set, and the (N, C) probabilities.
     """
     from pytorch_grad_cam.utils.image import scale_cam_image
 
+    pad = fixed_batches(device) if fixed is None else fixed
+    copies = 2 if flip else 1
     model.eval()
     captured: list[torch.Tensor] = []
 
@@ -92,33 +121,44 @@ def cams_and_probs(model: nn.Module, backbone: str, images_u8: torch.Tensor, tar
         captured.append(leaf)
         return leaf
 
+    def weigh(activations: np.ndarray, grads: np.ndarray, n: int, side: tuple[int, int]) -> np.ndarray:
+        if method == "layercam":
+            cam = (np.maximum(grads, 0) * activations).sum(axis=1)
+        else:
+            cam = (grads.mean(axis=(2, 3))[:, :, None, None] * activations).sum(axis=1)
+        cam = scale_cam_image(scale_cam_image(np.maximum(cam, 0), side))
+        return (cam[:n] + cam[n:, :, ::-1]) / 2 if flip else cam
+
     handle = cam_layer(model, backbone, method).register_forward_hook(cut)
-    cams, probs = [], []
+    maps: list[list[np.ndarray]] = [[] for _ in target_sets]
+    probs = []
     try:
         for i in range(0, len(images_u8), batch_size):
             batch = images_u8[i : i + batch_size]
             n = len(batch)
-            x = normalize(to_input((torch.cat([batch, batch.flip(-1)]) if flip else batch).to(device)))
-            wanted = [int(t) for t in targets[i : i + batch_size]] * (2 if flip else 1)
+            x = (torch.cat([batch, batch.flip(-1)]) if flip else batch).to(device)
+            real = len(x)  # the rows that are images; padding rows are blank and get no gradient
+            x = normalize(to_input(pad_rows(x, batch_size * copies) if pad else x))
             captured.clear()
             with torch.enable_grad():  # autograd.grad to the leaf alone: nothing before the cut is differentiated
                 logits = model(x)
-                rows = torch.arange(len(x), device=logits.device)
-                (grads,) = torch.autograd.grad(logits[rows, torch.as_tensor(wanted, device=logits.device)].sum(), captured[0])
-            activations = captured[0].detach().cpu().numpy()
-            grads = grads.cpu().numpy()
-            if method == "layercam":
-                cam = (np.maximum(grads, 0) * activations).sum(axis=1)
-            else:
-                cam = (grads.mean(axis=(2, 3))[:, :, None, None] * activations).sum(axis=1)
-            cam = scale_cam_image(scale_cam_image(np.maximum(cam, 0), (x.shape[-1], x.shape[-2])))
-            cams.append((cam[:n] + cam[n:, :, ::-1]) / 2 if flip else cam)
+                rows = torch.arange(real, device=logits.device)
+                activations = captured[0].detach()[:real].cpu().numpy()
+                side = (x.shape[-1], x.shape[-2])
+                done: dict[tuple[int, ...], np.ndarray] = {}
+                for j, targets in enumerate(target_sets):
+                    wanted = tuple(int(t) for t in targets[i : i + batch_size]) * copies
+                    if wanted not in done:  # a set equal to an earlier one on this batch: the same maps
+                        score = logits[rows, torch.as_tensor(wanted, device=logits.device)].sum()
+                        (grads,) = torch.autograd.grad(score, captured[0], retain_graph=j < len(target_sets) - 1)
+                        done[wanted] = weigh(activations, grads[:real].cpu().numpy(), n, side)
+                    maps[j].append(done[wanted])
             probs.append(torch.softmax(logits[:n].detach().float(), dim=1).cpu().numpy())
     finally:
         handle.remove()
-    if not cams:
-        return np.zeros((0, 0, 0), np.float32), np.zeros((0, 0), np.float32)
-    return np.concatenate(cams).astype(np.float32), np.concatenate(probs)
+    if not probs:
+        return [np.zeros((0, 0, 0), np.float32) for _ in target_sets], np.zeros((0, 0), np.float32)
+    return [np.concatenate(m).astype(np.float32) for m in maps], np.concatenate(probs)
 
 
 def localisation(cam: np.ndarray, mask: np.ndarray, *, cell_px: int) -> dict:
@@ -234,13 +274,11 @@ def explain_fold(
         return {}, []
     imgs = images_u8[torch.from_numpy(chosen)]
     size = imgs.shape[-1]
-    positive_maps = grad_cams(model, backbone, imgs, [positive] * len(chosen), device, method=method, flip=flip)
-    # An image predicted positive has the same map for both targets: only the others need a second pass.
-    predicted_maps = positive_maps.copy()
-    other = np.flatnonzero(pred[chosen] != positive)
-    if len(other):
-        predicted_maps[other] = grad_cams(model, backbone, imgs[torch.from_numpy(other)], [int(pred[chosen[k]]) for k in other], device,
-                                               method=method, flip=flip)
+    (positive_maps, predicted_maps), _ = cams_for_targets(model, backbone, imgs, [[positive] * len(chosen), [int(p) for p in pred[chosen]]],
+                                                          device, method=method, flip=flip)
+    # An image predicted positive has one map for both targets, whatever the batch it was computed in.
+    same = pred[chosen] == positive
+    predicted_maps[same] = positive_maps[same]
     maps = {"predicted": predicted_maps, "positive": positive_maps}
     cell = cam_target(backbone, method)[1]  # input pixels per cell of the layer's map
     rows = []

@@ -9,9 +9,11 @@ run on a GPU execute the same training code and differ only in the settings reso
 | `channels_last=auto` | on with bf16 (oneDNN's bf16 kernels want NHWC: ResNet-50 at 224 px trained 1.6x faster, 2026-12-02, AMX CPU); off in fp32 (ResNet-18 at 64 px: 0.78-0.99x of NCHW) | on (tensor cores want NHWC) |
 | threads (`num_threads=0`) | the physical cores, one inter-op thread | the same, for the host side |
 | `cudnn.benchmark` | - | on (fixed input sizes: the fastest kernels are picked once) |
+| evaluation and heat-map batches | as they come (a short last batch costs less) | padded to one fixed size (`fixed_batches`), so cuDNN autotunes one shape, not one per fold's remainder |
 | TF32 convolutions | - | off (torch's default is on): fp32 is fp32 |
 | `torch_compile` | off unless asked; falls back to eager when compilation fails | same, in `reduce-overhead` mode (CUDA graphs: one launch per captured graph instead of one per kernel) |
 | `cuda_graphs` | - (CUDA only) | on unless torch_compile is: each training step is captured once and replayed (core/training/cudagraph.py) |
+| reading each step's loss | at once | one step late, so the host prepares the next batch while the GPU trains (`StepReader` in core/training/train.py) |
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Execution:
     channels_last: bool
     compile: bool = False
     graphs: bool = False  # the training step is captured as a CUDA graph (core/training/cudagraph.py)
+    read_late: bool = False  # each step's loss is read on the host one step late (core.training.train.StepReader)
 
     @property
     def compile_mode(self) -> str:
@@ -101,7 +104,7 @@ def resolve(device: torch.device, precision: str = "auto", channels_last: str = 
     # auto: NHWC on a GPU, and on a CPU when it computes in bf16 (see the table above; docs/benchmarks.md has the figures)
     nhwc = (cuda or amp is not None) if channels_last == "auto" else channels_last == "on"
     return Execution(device=device, amp_dtype=amp, channels_last=nhwc, compile=torch_compile,
-                     graphs=cuda and cuda_graphs and not torch_compile)
+                     graphs=cuda and cuda_graphs and not torch_compile, read_late=cuda)
 
 
 def execution_for(cfg, device: torch.device) -> Execution:
@@ -127,6 +130,25 @@ def cpu_has_native_bf16() -> bool:
 def has_bf16_flags(cpuinfo: str) -> bool:
     """True when `/proc/cpuinfo` text lists a native bf16 instruction set."""
     return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
+def fixed_batches(device: torch.device) -> bool:
+    """Whether evaluation and heat-map passes pad their last batch to the full batch size on `device`.
+
+    Why: with `cudnn.benchmark` on, cuDNN times every convolution algorithm for each input shape it has not
+    seen (forward and backward for a heat map). A fold's held-out images rarely fill their last batch, and the
+    remainder differs from fold to fold, so each fold would pay for a new autotuning of the whole network.
+    Padded with blank rows (each row of an eval-mode network depends only on its own image, so the real rows'
+    results do not change; tests/test_explain.py checks it), every pass has one shape. On a CPU there is no
+    autotuning and the blank rows would only cost time.
+    """
+    return device.type == "cuda"
+
+
+def pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    """`x` with zero rows appended along the first dimension up to `rows` (unchanged when it has as many)."""
+    missing = rows - len(x)
+    return x if missing <= 0 else torch.cat([x, x.new_zeros((missing, *x.shape[1:]))])
 
 
 def setup_device(device: torch.device, num_threads: int = 0) -> int:

@@ -24,7 +24,7 @@ from core.training.cudagraph import GraphedStep, capture_cuda_graph
 from core.config import RunConfig, budget
 from core.training.foldstack import stack, stacked_param_groups
 from core.training.models import make_optimizer
-from core.training.runtime import Execution, execution_for, maybe_compile
+from core.training.runtime import Execution, execution_for, fixed_batches, maybe_compile, pad_rows
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +188,29 @@ def train_folds(
     eval_time = 0.0  # the pack's, excluded from training time
     eval_seconds = [0.0] * k_folds  # each fold's own
     orders = [torch.empty(0, dtype=torch.long)] * k_folds
+    reader = StepReader(late=ex.read_late)
+    elapsed = 0.0
+
+    def record(it: int, values: list[list[float]]) -> None:
+        """Each fold's curve row of training iteration `it`; the first fold whose loss is not finite stops the pack."""
+        nonlocal elapsed
+        loss_values, accuracies = values
+        elapsed = (time.perf_counter() - start - eval_time) / k_folds
+        for k, job in enumerate(jobs):
+            row = {
+                "phase": "train",
+                "iteration": it,
+                "epoch": (it - 1) // budgets[k][1] + 1,
+                "loss": loss_values[k],
+                "accuracy": accuracies[k],
+                "lr": cfg.learning_rate,
+                "elapsed_s": elapsed,
+            }
+            if not math.isfinite(row["loss"]):
+                raise DivergedError(job.fold, it, row["loss"], cfg.learning_rate)
+            outcomes[k].curve.append(row)
+            emit(job.fold, row)
+
     models.train_mode(cfg.freeze_backbone)
     for it in range(1, total + 1):
         xs, ys = [], []
@@ -208,24 +231,11 @@ def train_folds(
         else:
             zero_grad()
             stats = step(x, y)
-        # one device-to-host copy per iteration for all numbers (each float() would wait for the GPU)
-        loss_values, accuracies = stats.tolist()
-        elapsed = (time.perf_counter() - start - eval_time) / k_folds
-        for k, job in enumerate(jobs):
-            row = {
-                "phase": "train",
-                "iteration": it,
-                "epoch": (it - 1) // budgets[k][1] + 1,
-                "loss": loss_values[k],
-                "accuracy": accuracies[k],
-                "lr": cfg.learning_rate,
-                "elapsed_s": elapsed,
-            }
-            if not math.isfinite(row["loss"]):
-                raise DivergedError(job.fold, it, row["loss"], cfg.learning_rate)
-            outcomes[k].curve.append(row)
-            emit(job.fold, row)
+        for done_it, values in reader.push(it, stats):
+            record(done_it, values)
         if it % cfg.eval_every == 0 and it != total:
+            for done_it, values in reader.flush():
+                record(done_it, values)
             t0 = time.perf_counter()
             trained = models.export()
             for k, job in enumerate(jobs):
@@ -237,6 +247,8 @@ def train_folds(
                 emit(job.fold, heldout)
             eval_time += time.perf_counter() - t0
             models.train_mode(cfg.freeze_backbone)
+    for done_it, values in reader.flush():
+        record(done_it, values)
     train_seconds = (time.perf_counter() - start - eval_time) / k_folds
     if run_step is not None:
         graph = {"captured": run_step.replays > 0, "replays": run_step.replays, "failed": run_step.failed,
@@ -258,6 +270,46 @@ def train_folds(
         emit(job.fold, final)
         out.eval_seconds = eval_seconds[k] + time.perf_counter() - t0
     return outcomes
+
+
+class StepReader:
+    """The numbers of each training step (every fold's loss and accuracy) on the host: at once, or one step late on a GPU.
+
+    Why: reading a GPU tensor waits for everything queued before it. Read right after step t is launched, the
+    host idles while step t runs, and the GPU then idles while the host draws, warps and normalises batch t+1.
+    With `late`, step t's numbers are copied to pinned host memory without waiting and read only after step
+    t+1 is launched: they were computed before step t+1 began, so the read waits for nothing the GPU still has
+    to do, and the host prepares batch t+2 while the GPU works. The rows are the same, one step later; a
+    diverged loss still names its own iteration. One device-to-host copy per step carries all the numbers.
+    """
+
+    def __init__(self, *, late: bool) -> None:
+        self.late = late
+        self._pending: tuple[int, torch.Tensor, object, torch.Tensor] | None = None
+
+    def push(self, it: int, stats: torch.Tensor) -> list[tuple[int, list[list[float]]]]:
+        """Hand over step `it`'s (2, K) numbers; returns the steps now readable, oldest first, as (iteration, values)."""
+        if not self.late:
+            return [(it, stats.tolist())]
+        if stats.is_cuda:
+            host = stats.to("cpu", non_blocking=True)  # into pinned memory, queued behind the step
+            copied = torch.cuda.Event()
+            copied.record()
+        else:  # the same bookkeeping where there is no stream to wait on (tests on a CPU)
+            host, copied = stats.clone(), None
+        ready = self.flush()
+        self._pending = (it, host, copied, stats)  # `stats` kept alive until its copy is done (its memory is not reused)
+        return ready
+
+    def flush(self) -> list[tuple[int, list[list[float]]]]:
+        """The step still held back, if any (before a held-out check, and after the last step)."""
+        if self._pending is None:
+            return []
+        it, host, copied, _ = self._pending
+        self._pending = None
+        if copied is not None:
+            copied.synchronize()
+        return [(it, host.tolist())]
 
 
 def graphed_step(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], zero_grad: Callable[[], None], models) -> GraphedStep:
@@ -282,18 +334,21 @@ def graphed_step(step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], zer
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, x_u8: torch.Tensor, device: torch.device, *, batch_size: int = 64,
-                  execution: Execution | None = None) -> np.ndarray:
+                  execution: Execution | None = None, fixed: bool | None = None) -> np.ndarray:
     """Softmax probabilities (N, C) in eval mode; restores nothing (callers set the mode they need).
 
-    `execution` gives the precision and memory format (as in training); default plain fp32.
+    `execution` gives the precision and memory format (as in training); default plain fp32. `fixed` pads the
+    last batch to `batch_size` (default: on a GPU, `core.training.runtime.fixed_batches`).
     """
     ex = execution or Execution(device=device, amp_dtype=None, channels_last=False)
+    pad = fixed_batches(device) if fixed is None else fixed
     model.eval()
     out = []
     for i in range(0, len(x_u8), batch_size):
-        batch = ex.prepare_input(normalize(to_input(x_u8[i : i + batch_size].to(device))))
+        chunk = x_u8[i : i + batch_size].to(device)
+        batch = ex.prepare_input(normalize(to_input(pad_rows(chunk, batch_size) if pad else chunk)))
         with ex.autocast():
-            logits = model(batch)
+            logits = model(batch)[: len(chunk)]
         out.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0))
 
