@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# The GPU checks of the speed work in one device call (device tool: carry [".whl"], command
+# The GPU checks of the speed work in one device call (device tool: kind "nvidia-h200", carry [".whl"], command
 # "bash bench/gpu_check.sh", timeout_s 400). Prepare with bench/gpu_wheels.sh first. A task is lent 15 device minutes
 # in all, a fresh machine takes 1-2 of them to start, so this call stays well under 10 minutes to leave room for a rerun.
 #  1. the CUDA cases of the tests of every GPU code path (the CUDA-graphed step alone and with folds on their own
-#     streams, dropout and stochastic depth, bf16, channels_last, Grad-CAM in a run with folds together);
-#  2. python -m core bench --device cuda: the study's sizes, the H200 targets judged met or not met.
+#     streams, dropout and stochastic depth, bf16, channels_last, Grad-CAM in a run with folds together, each step's
+#     loss read one step late);
+#  2. python -m core bench --device cuda: the study's sizes, the H200 targets judged met or not met, the pack again
+#     reading each loss at once, and (d) a fold's heat maps against pytorch-grad-cam (not yet measured on a GPU).
 # Everything it prints and writes lands in $OUT (the tool brings it back).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -26,6 +26,8 @@ class BenchSize:
     protocol_phantom_px: int  # side of the generated demo images it reads
     protocol_folds: int
     protocol_iterations: int
+    # (d) heat maps: images per fold (the protocol's backbone and size)
+    heatmap_images: int
 
     @property
     def scaled_down(self) -> bool:
@@ -45,18 +47,18 @@ SIZES: dict[str, BenchSize] = {
         mode="full", n_files=256, file_hw=(3000, 2500), pre_size=224,
         backbone="resnet50", image_size=224, batch_size=25, warmup=15, iterations=100, baseline_iterations=60,
         protocol_backbone="resnet50", protocol_size=224, protocol_n_per_class=500, protocol_phantom_px=256,
-        protocol_folds=10, protocol_iterations=250,
+        protocol_folds=10, protocol_iterations=250, heatmap_images=100,
     ),
     "quick": BenchSize(
         mode="quick", n_files=64, file_hw=(3000, 2500), pre_size=224,
         backbone="resnet18", image_size=64, batch_size=25, warmup=3, iterations=20, baseline_iterations=15,
         protocol_backbone="resnet18", protocol_size=64, protocol_n_per_class=100, protocol_phantom_px=128,
-        protocol_folds=10, protocol_iterations=3,
+        protocol_folds=10, protocol_iterations=3, heatmap_images=100,
     ),
     "tiny": BenchSize(
         mode="tiny", n_files=6, file_hw=(600, 500), pre_size=64,
         backbone="resnet18", image_size=32, batch_size=4, warmup=1, iterations=2, baseline_iterations=2,
         protocol_backbone="resnet18", protocol_size=32, protocol_n_per_class=6, protocol_phantom_px=64,
-        protocol_folds=2, protocol_iterations=2,
+        protocol_folds=2, protocol_iterations=2, heatmap_images=5,
     ),
 }

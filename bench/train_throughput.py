@@ -16,7 +16,8 @@ data set beforehand). Both share this process's thread settings with ours.
 Where `precision=auto` chose bf16 (a GPU, or a CPU with bf16 instructions), ours runs once more in
 fp32, so the table separates what bf16 gives from what the loop gives (the baseline is fp32). On a GPU
 ours also runs without CUDA graphs (`cuda_graphs=false`), to show what capturing the step gives;
-each of our rows records whether its step was really captured (`cuda_graph`).
+each of our rows records whether its step was really captured (`cuda_graph`), and whether each step's
+loss was read one step late (`read_late`, on a GPU); the folds-at-once row runs again reading it at once.
 Ours also runs with several folds at once (core/training/foldstack.py): as many as `parallel_folds=auto` packs on
 a GPU (10 at the study's batch of 25 and 224 px), and 2 on a CPU (where auto trains one at a time,
 because stacking measured slower there), to show the trade-off on the machine at hand.
@@ -26,6 +27,7 @@ Throughput counts only timed iterations after `warmup` (first calls, workers sta
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -51,9 +53,10 @@ def _config(size: BenchSize, device: torch.device, iterations: int, precision: s
 
 
 def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.device, cache_dir: Path, *, folds: int = 1,
-         precision: str = "auto", cuda_graphs: bool = True) -> dict:
+         precision: str = "auto", cuda_graphs: bool = True, read_late: bool | None = None) -> dict:
     """Our loop; with `folds` > 1, that many folds trained at once (core/training/foldstack.py), each with its own model,
-    shuffling and augmentation over the same images. Images/s counts every fold's images."""
+    shuffling and augmentation over the same images. Images/s counts every fold's images. `read_late` overrides
+    whether each step's loss is read one step late (core.training.train.StepReader; default: on a GPU)."""
     loaded = ImageCache(cache_dir).load_many(files, size.image_size)
     pixels = torch.from_numpy(np.stack([item.pixels for item in loaded])).to(device)  # one transfer, as the engine
     y = torch.from_numpy(labels).to(device)
@@ -65,12 +68,15 @@ def ours(size: BenchSize, files: list[str], labels: np.ndarray, device: torch.de
         model, _ = build_model(size.backbone, 2, "none")
         jobs.append(FoldData(k, model, pixels, y, pixels[: size.batch_size], y[: size.batch_size]))
     ex = execution_for(cfg, device)
+    if read_late is not None:
+        ex = dataclasses.replace(ex, read_late=read_late)
     out = train_folds(cfg, jobs, device=device, execution=ex)[0]
     # a pack's elapsed_s is each fold's share (wall / folds), so this is the pack's images per second of wall time
     elapsed = [row["elapsed_s"] for row in out.curve if row["phase"] == "train"]
     timed = elapsed[-1] - elapsed[size.warmup - 1]
     return {"img_per_s": size.iterations * size.batch_size / timed, "seconds": timed * folds, "iterations": size.iterations,
-            "folds_at_once": folds, "precision": ex.precision, "channels_last": ex.channels_last, "cuda_graph": out.graph}
+            "folds_at_once": folds, "precision": ex.precision, "channels_last": ex.channels_last, "cuda_graph": out.graph,
+            "read_late": ex.read_late}
 
 
 class FileDataset(torch.utils.data.Dataset):
@@ -175,6 +181,10 @@ def run(size: BenchSize, files: list[str], device: torch.device, workdir: Path, 
     result["ours_folds_together"] = ours(size, files, labels, device, workdir / "cache_train", folds=together if together > 1 else 2)
     log(f"    ours, {result['ours_folds_together']['folds_at_once']} folds at once: {result['ours_folds_together']['img_per_s']:.1f} images/s"
         f" (CUDA graph: {result['ours_folds_together']['cuda_graph']})")
+    if result["ours_folds_together"]["read_late"]:  # how much reading each step's loss one step late gives (a GPU)
+        result["ours_folds_together_read_at_once"] = ours(size, files, labels, device, workdir / "cache_train",
+                                                          folds=result["ours_folds_together"]["folds_at_once"], read_late=False)
+        log(f"    the same, each step's loss read at once: {result['ours_folds_together_read_at_once']['img_per_s']:.1f} images/s")
     result["baseline_files"] = baseline(size, files, labels, device)
     log(f"    baseline, decoding the original files: {result['baseline_files']['img_per_s']:.1f} images/s")
     result["baseline_resized"] = baseline(size, small, labels, device)
